@@ -1,0 +1,70 @@
+"""promptfit: build LLM programs as graphs of modules and train their prompts like Keras models.
+
+Example:
+    ```python
+    import promptfit as pf
+
+    class Query(pf.DataModel):
+        question: str = pf.Field(description="An arithmetic question")
+
+    class Answer(pf.DataModel):
+        answer: str = pf.Field(description="The numeric answer")
+    ```
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from promptfit import (  # noqa: E402
+    callbacks,
+    data,
+    errors,
+    language_models,
+    metrics,
+    modules,
+    optimizers,
+    programs,
+    rewards,
+    saving,
+)
+from promptfit.data import DataModel, Field  # noqa: E402
+from promptfit.language_models import LanguageModel  # noqa: E402
+from promptfit.modules import (  # noqa: E402
+    ChainOfThought,
+    FunctionModule,
+    Generator,
+    Input,
+    Module,
+)
+from promptfit.programs import Program, Sequential  # noqa: E402
+from promptfit.saving.program_io import load_program  # noqa: E402
+from promptfit.saving.registry import register_serializable as _register  # noqa: E402
+
+for _cls in (Program, Sequential, Generator, ChainOfThought, FunctionModule):
+    _register("promptfit")(_cls)
+
+__all__ = [
+    "ChainOfThought",
+    "DataModel",
+    "Field",
+    "FunctionModule",
+    "Generator",
+    "Input",
+    "LanguageModel",
+    "Module",
+    "Program",
+    "Sequential",
+    "__version__",
+    "callbacks",
+    "data",
+    "errors",
+    "language_models",
+    "load_program",
+    "metrics",
+    "modules",
+    "optimizers",
+    "programs",
+    "rewards",
+    "saving",
+]

@@ -1,0 +1,73 @@
+"""Turn user data (DataModels, dicts, DataFrames) into validated DataModel instances.
+
+``x`` and ``y`` may be lists of DataModel instances, lists of dicts, or pandas DataFrames whose
+columns are the model's fields. Everything is validated up front, so a typo in a column name
+fails before any LM money is spent, with the row and field that is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import pydantic
+
+from promptfit.data.data_model import DataModel
+from promptfit.errors import DataError
+
+__all__ = ["to_data_models"]
+
+
+def _rows(data: Any, what: str) -> list[Any]:
+    if isinstance(data, pd.DataFrame):
+        return [
+            {k: (None if _is_missing(v) else v) for k, v in row.items()}
+            for row in data.to_dict(orient="records")
+        ]
+    if isinstance(data, DataModel | dict):
+        raise DataError(
+            f"`{what}` must be a list of examples, got a single {type(data).__name__}; "
+            f"wrap it in a list."
+        )
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return list(data)
+    raise DataError(
+        f"`{what}` must be a list of DataModel instances, a list of dicts or a pandas DataFrame, "
+        f"got {type(data).__name__}."
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def to_data_models(
+    data: Any, data_model: type[DataModel], what: str = "x"
+) -> list[DataModel]:
+    """Validate ``data`` against ``data_model`` and return one instance per row."""
+    rows = _rows(data, what)
+    out: list[DataModel] = []
+    for index, row in enumerate(rows):
+        if isinstance(row, data_model):
+            out.append(row)
+            continue
+        if isinstance(row, pydantic.BaseModel):
+            row = row.model_dump()
+        if not isinstance(row, dict):
+            raise DataError(
+                f"`{what}[{index}]` is a {type(row).__name__}; expected a dict or "
+                f"{data_model.__name__}."
+            )
+        try:
+            out.append(data_model.model_validate(row))
+        except pydantic.ValidationError as exc:
+            fields = sorted(data_model.model_fields)
+            raise DataError(
+                f"`{what}[{index}]` does not match {data_model.__name__} (fields: {fields}): "
+                f"{exc.errors(include_url=False)}"
+            ) from exc
+    return out

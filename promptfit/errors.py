@@ -1,0 +1,63 @@
+"""Typed errors raised by promptfit.
+
+Every error names the problem and, where one exists, the fix. They all derive from
+:class:`PromptfitError` so callers can catch the library's errors in one place, and from the
+matching builtin (``ValueError``, ``TypeError``...) so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackupMismatchError",
+    "CheckpointError",
+    "ConfigurationError",
+    "DataError",
+    "LMConfigurationError",
+    "MonitorKeyError",
+    "PromptfitError",
+    "SerializationError",
+    "VariableValidationError",
+]
+
+
+class PromptfitError(Exception):
+    """Base class of every error promptfit raises on purpose."""
+
+
+class ConfigurationError(PromptfitError, ValueError):
+    """An argument or combination of arguments is invalid."""
+
+
+class DataError(PromptfitError, ValueError):
+    """Training or evaluation data does not fit the program's data models."""
+
+
+class VariableValidationError(PromptfitError, ValueError):
+    """A value assigned to a trainable variable does not match the variable's schema."""
+
+
+class SerializationError(PromptfitError, ValueError):
+    """A saved file cannot be read safely (bad format, unknown class, wrong version)."""
+
+
+class LMConfigurationError(PromptfitError, RuntimeError):
+    """The language model rejected the request for a reason retrying cannot fix.
+
+    Authentication failures, unknown models and permission errors end the run at once
+    instead of turning every example into a recorded failure.
+    """
+
+
+class MonitorKeyError(PromptfitError, KeyError):
+    """A callback monitors a log key that the run does not produce (``strict=True``)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(PromptfitError, RuntimeError):
+    """A checkpoint or backup is missing, corrupt or cannot be written."""
+
+
+class BackupMismatchError(CheckpointError):
+    """A backup was made by a different program, data set or fit configuration."""

@@ -1,0 +1,7 @@
+"""Language model clients (everything goes through litellm)."""
+
+from promptfit.language_models.cache import ResponseCache
+from promptfit.language_models.language_model import Generation, LanguageModel
+from promptfit.language_models.usage import Usage
+
+__all__ = ["Generation", "LanguageModel", "ResponseCache", "Usage"]

@@ -1,0 +1,127 @@
+"""``RandomFewShot``: search over few-shot example sets drawn from good training runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from promptfit.errors import ConfigurationError
+from promptfit.optimizers.optimizer import PopulationOptimizer
+
+if TYPE_CHECKING:
+    from promptfit.training.trainer import BatchOutcome
+
+__all__ = ["RandomFewShot"]
+
+
+class RandomFewShot(PopulationOptimizer):
+    """Pick few-shot examples for every trainable generator from high-reward predictions.
+
+    After each training batch, the generator inputs and outputs of every example whose reward
+    reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Then
+    ``num_candidates`` example sets of ``k`` demonstrations are sampled, each scored on the
+    same batch, and the program moves to the best one only if it beats the current variables
+    on that batch.
+
+    Args:
+        k: Examples per generator.
+        min_reward: Lowest reward for a prediction to become a demonstration.
+        num_candidates: Example sets tried per batch.
+        population_size: Scored candidates kept.
+        max_pool: Demonstrations kept per generator (oldest dropped first).
+        use_labels: Also use the labelled ``(x, y)`` pair of an example the program got
+            wrong, for a generator that reads ``x`` and whose output model accepts ``y``
+            (this breaks the cold start where no prediction is right yet).
+        seed: RNG seed (defaults to the ``fit`` seed).
+
+    Example:
+        ```python
+        import promptfit as pf
+
+        optimizer = pf.optimizers.RandomFewShot(k=4, num_candidates=2)
+        ```
+    """
+
+    def __init__(
+        self,
+        k: int = 4,
+        min_reward: float = 1.0,
+        num_candidates: int = 1,
+        population_size: int = 10,
+        max_pool: int = 256,
+        use_labels: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(num_candidates=num_candidates, population_size=population_size, seed=seed)
+        if k < 1:
+            raise ConfigurationError(f"`k` must be >= 1, got {k}.")
+        self.k = k
+        self.min_reward = min_reward
+        self.max_pool = max_pool
+        self.use_labels = use_labels
+        self.pool: dict[str, list[dict[str, Any]]] = {}
+
+    def _add(self, module: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        pool = self.pool.setdefault(module, [])
+        key = json.dumps(inputs, sort_keys=True)
+        if any(json.dumps(d["inputs"], sort_keys=True) == key for d in pool):
+            return
+        pool.append({"inputs": inputs, "outputs": outputs})
+        del pool[: max(0, len(pool) - self.max_pool)]
+
+    def _label_demo(self, module_name: str, x: Any, y: Any, inputs: dict[str, Any]) -> Any:
+        """The ground truth as a demonstration, when the generator maps x to y directly."""
+        module = self.program.get_module(module_name)
+        output_model = getattr(module, "output_data_model", None)
+        if output_model is None or not hasattr(x, "model_dump") or not hasattr(y, "model_dump"):
+            return None
+        if x.model_dump(mode="json") != inputs:
+            return None
+        try:
+            return output_model.model_validate(y.model_dump()).model_dump(mode="json")
+        except pydantic.ValidationError:
+            return None
+
+    def observe(self, outcome: BatchOutcome) -> None:
+        for x, y, traces, reward in zip(
+            outcome.x, outcome.y, outcome.traces, outcome.rewards, strict=False
+        ):
+            for trace in traces:
+                if reward >= self.min_reward and trace.outputs is not None:
+                    self._add(trace.module, trace.inputs, trace.outputs)
+                elif self.use_labels:
+                    label = self._label_demo(trace.module, x, y, trace.inputs)
+                    if label is not None:
+                        self._add(trace.module, trace.inputs, label)
+
+    async def propose(self, parent: dict[str, Any], outcome: BatchOutcome) -> dict[str, Any] | None:
+        candidate = copy.deepcopy(parent)
+        changed = False
+        for path, value in candidate.items():
+            module = path.split("/", 1)[0]
+            pool = self.pool.get(module)
+            if not pool or "examples" not in value:
+                continue
+            chosen = self.rng.sample(pool, min(self.k, len(pool)))
+            value["examples"] = copy.deepcopy(chosen)
+            changed = True
+        return candidate if changed else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "pool": copy.deepcopy(self.pool)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.pool = copy.deepcopy(state["pool"])
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "k": self.k,
+            "min_reward": self.min_reward,
+            "max_pool": self.max_pool,
+            "use_labels": self.use_labels,
+        }

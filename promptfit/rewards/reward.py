@@ -1,0 +1,112 @@
+"""Rewards score one prediction against its ground truth, in [0, 1]."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from promptfit.data.data_model import DataModel
+from promptfit.errors import ConfigurationError
+
+__all__ = ["FunctionReward", "Reward", "as_dict", "get_reward", "masked"]
+
+
+def as_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, DataModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return value
+    raise TypeError(f"Expected a DataModel or dict, got {type(value).__name__}.")
+
+
+def masked(
+    value: dict[str, Any], in_mask: list[str] | None, out_mask: list[str] | None
+) -> dict[str, Any]:
+    """Keep only ``in_mask`` fields (if given), then drop ``out_mask`` fields."""
+    if in_mask is not None:
+        value = {k: v for k, v in value.items() if k in in_mask}
+    if out_mask:
+        value = {k: v for k, v in value.items() if k not in out_mask}
+    return value
+
+
+class Reward:
+    """Base class: ``await reward(y_true, y_pred) -> float`` in [0, 1].
+
+    ``y_pred`` is ``None`` when the program failed on the example; the trainer scores that 0
+    without calling the reward. ``language_models`` lists the LMs the reward calls (for usage).
+    """
+
+    name = "reward"
+
+    @property
+    def language_models(self) -> list[Any]:
+        return []
+
+    async def call(self, y_true: dict[str, Any], y_pred: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    async def __call__(self, y_true: Any, y_pred: Any) -> float:
+        pred = as_dict(y_pred)
+        if pred is None:
+            return 0.0
+        truth = as_dict(y_true)
+        return float(await self.call(truth or {}, pred))
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Reward:
+        return cls(**config)
+
+
+class FunctionReward(Reward):
+    """Wrap any sync or async function ``fn(y_true: dict, y_pred: dict) -> float``.
+
+    Args:
+        fn: The scoring function; it receives plain dicts.
+        name: Name used in logs and saved configs.
+
+    Example:
+        ```python
+        import promptfit as pf
+
+        def contains(y_true, y_pred):
+            return float(y_true["answer"] in y_pred["answer"])
+
+        reward = pf.rewards.FunctionReward(contains)
+        ```
+    """
+
+    def __init__(self, fn: Callable[[dict[str, Any], dict[str, Any]], Any], name: str | None = None):
+        if not callable(fn):
+            raise ConfigurationError(f"FunctionReward needs a callable, got {fn!r}.")
+        self.fn = fn
+        self.fn_name = name or getattr(fn, "__name__", "function_reward")
+
+    async def call(self, y_true: dict[str, Any], y_pred: dict[str, Any]) -> float:
+        result = self.fn(y_true, y_pred)
+        if inspect.isawaitable(result):
+            result = await result
+        return float(result)
+
+    def get_config(self) -> dict[str, Any]:
+        from promptfit.saving.registry import registered_name
+
+        return {"fn": registered_name(self.fn) or self.fn_name, "name": self.fn_name}
+
+
+def get_reward(reward: Any) -> Reward:
+    """Accept a Reward instance or a plain function."""
+    if isinstance(reward, Reward):
+        return reward
+    if callable(reward):
+        return FunctionReward(reward)
+    raise ConfigurationError(
+        f"`reward` must be a pf.rewards.Reward or a function (y_true, y_pred) -> float, "
+        f"got {reward!r}."
+    )

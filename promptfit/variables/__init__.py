@@ -1,0 +1,5 @@
+"""Trainable JSON variables."""
+
+from promptfit.variables.variable import Variable
+
+__all__ = ["Variable"]
