@@ -8,10 +8,10 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import pytest  # noqa: E402
+import pytest
 
-import promptfit as pf  # noqa: E402
-from promptfit.testing import FakeLLMServer  # noqa: E402
+import promptfit as pf
+from promptfit.testing import FakeLLMServer
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,9 @@ def make_lm(llm_server: FakeLLMServer) -> Callable[..., pf.LanguageModel]:
     """
     counter = iter(range(1_000_000))
 
-    def factory(brain: str = "arith", *, lm_kwargs: dict[str, Any] | None = None, **options: Any) -> pf.LanguageModel:
+    def factory(
+        brain: str = "arith", *, lm_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> pf.LanguageModel:
         options.setdefault("tag", f"{os.getpid()}-{id(factory)}-{next(counter)}")
         kwargs = {"max_retries": 3, "retry_min_wait": 0.01, "retry_max_wait": 0.2}
         kwargs.update(lm_kwargs or {})
@@ -65,7 +67,10 @@ def calc_program(make_lm: Callable[..., pf.LanguageModel]) -> Callable[..., Any]
         lm = make_lm(brain, **options)
         inputs = pf.Input(data_model=Query)
         outputs = await pf.Generator(
-            data_model=Answer, language_model=lm, instructions="Answer with a number.", name="answer"
+            data_model=Answer,
+            language_model=lm,
+            instructions="Answer with a number.",
+            name="answer",
         )(inputs)
         program = pf.Program(inputs=inputs, outputs=outputs, name="calc")
         program.compile(

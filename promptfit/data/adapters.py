@@ -7,6 +7,7 @@ fails before any LM money is spent, with the row and field that is wrong.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import pydantic
 from promptfit.data.data_model import DataModel
 from promptfit.errors import DataError
 
-__all__ = ["to_data_models"]
+__all__ = ["to_data_models", "to_targets"]
 
 
 def _rows(data: Any, what: str) -> list[Any]:
@@ -45,9 +46,7 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def to_data_models(
-    data: Any, data_model: type[DataModel], what: str = "x"
-) -> list[DataModel]:
+def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> list[DataModel]:
     """Validate ``data`` against ``data_model`` and return one instance per row."""
     rows = _rows(data, what)
     out: list[DataModel] = []
@@ -64,6 +63,47 @@ def to_data_models(
             )
         try:
             out.append(data_model.model_validate(row))
+        except pydantic.ValidationError as exc:
+            fields = sorted(data_model.model_fields)
+            raise DataError(
+                f"`{what}[{index}]` does not match {data_model.__name__} (fields: {fields}): "
+                f"{exc.errors(include_url=False)}"
+            ) from exc
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _target_model(data_model: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
+    """``data_model`` with every field optional and unknown fields forbidden."""
+    fields: dict[str, Any] = {
+        name: (info.annotation | None, None) for name, info in data_model.model_fields.items()
+    }
+    return pydantic.create_model(
+        f"{data_model.__name__}Target",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        **fields,
+    )
+
+
+def to_targets(data: Any, data_model: type[DataModel], what: str = "y") -> list[dict[str, Any]]:
+    """Validate ground truths: each row may give a subset of ``data_model``'s fields.
+
+    Targets rarely cover every output field (a ChainOfThought adds ``thinking``; a label set
+    has no rationale), so missing fields are allowed, but an unknown field is a typo and
+    fails. Rows come back as JSON-ready dicts holding only the fields given.
+    """
+    target = _target_model(data_model)
+    out: list[dict[str, Any]] = []
+    for index, row in enumerate(_rows(data, what)):
+        if isinstance(row, pydantic.BaseModel):
+            row = row.model_dump(mode="json", exclude_unset=True)
+        if not isinstance(row, dict):
+            raise DataError(
+                f"`{what}[{index}]` is a {type(row).__name__}; expected a dict or "
+                f"{data_model.__name__}."
+            )
+        try:
+            out.append(target.model_validate(row).model_dump(mode="json", exclude_unset=True))
         except pydantic.ValidationError as exc:
             fields = sorted(data_model.model_fields)
             raise DataError(

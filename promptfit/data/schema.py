@@ -32,10 +32,7 @@ def _annotation(prop: dict[str, Any], defs: dict[str, Any], name: str) -> Any:
     if "anyOf" in prop:
         branches = [b for b in prop["anyOf"] if b.get("type") != "null"]
         nullable = len(branches) != len(prop["anyOf"])
-        if len(branches) == 1:
-            inner = _annotation(branches[0], defs, name)
-        else:
-            inner = Any
+        inner = _annotation(branches[0], defs, name) if len(branches) == 1 else Any
         return inner | None if nullable else inner
     kind = prop.get("type")
     if kind in _SIMPLE:
@@ -74,7 +71,7 @@ def data_model_from_schema(schema: dict[str, Any]) -> type[DataModel]:
 
 
 def resolve_data_model(name: str, schema: dict[str, Any]) -> type[DataModel]:
-    """The registered class ``name`` when its schema matches, else a class rebuilt from ``schema``."""
+    """The registered class ``name`` if its schema matches, else one rebuilt from ``schema``."""
     cls = lookup_data_model(name)
     if cls is not None and json_schema_of(cls) == schema:
         return cls

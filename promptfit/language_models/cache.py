@@ -56,9 +56,11 @@ class ResponseCache:
 
     def _disk_get(self, key: str) -> dict[str, Any] | None:
         with self._db_lock:
-            row = self._connection().execute(
-                "SELECT value FROM responses WHERE key = ?", (key,)
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT value FROM responses WHERE key = ?", (key,))
+                .fetchone()
+            )
         return json.loads(row[0]) if row else None
 
     def _disk_put(self, key: str, value: dict[str, Any]) -> None:

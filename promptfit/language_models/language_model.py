@@ -69,7 +69,7 @@ _FATAL = (litellm.AuthenticationError, litellm.NotFoundError, litellm.Permission
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, InvalidOutputError | _TRANSIENT):
+    if isinstance(exc, (InvalidOutputError, *_TRANSIENT)):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(exc, litellm.APIError) and isinstance(status, int) and status >= 500
@@ -151,7 +151,7 @@ class LanguageModel:
         name: str | None = None,
         **litellm_kwargs: Any,
     ) -> None:
-        if not isinstance(model, str) or "/" not in model and not model:
+        if not isinstance(model, str) or ("/" not in model and not model):
             raise ConfigurationError("`model` must be a litellm model string like 'openai/gpt-4o'.")
         if max_concurrency < 1:
             raise ConfigurationError(f"`max_concurrency` must be >= 1, got {max_concurrency}.")
@@ -283,9 +283,7 @@ class LanguageModel:
                     value = None
                 if value is not None:
                     self.usage.add(cache_hits=1)
-                    with span(
-                        f"{self.name}.call", "CHAT_MODEL", {"messages": messages}
-                    ) as handle:
+                    with span(f"{self.name}.call", "CHAT_MODEL", {"messages": messages}) as handle:
                         handle.set_attributes({"model": self.model, "cache_hit": True})
                         handle.set_outputs(hit["value"])
                     return Generation(value, cached=True)
@@ -367,21 +365,25 @@ class LanguageModel:
                 try:
                     return await self._attempt(request, output_model)
                 except Exception as exc:
-                    if isinstance(exc, _FATAL):
+                    if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
                         raise LMConfigurationError(
                             f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
-                            "Check the model name, `api_base` and `api_key`."
+                            "Check the model name, `api_base` and `api_key` (for a server "
+                            "without auth, pass any placeholder key)."
                         ) from exc
-                    if self._mode == "json_schema" and self.structured_output == "auto":
-                        if _is_unsupported_schema(exc):
-                            logger.info(
-                                "%s does not accept a JSON-schema response_format; "
-                                "falling back to JSON in text.",
-                                self.model,
-                            )
-                            self._mode = "json_text"
-                            request.pop("response_format", None)
-                            return await self._attempt(request, output_model)
+                    if (
+                        self._mode == "json_schema"
+                        and self.structured_output == "auto"
+                        and _is_unsupported_schema(exc)
+                    ):
+                        logger.info(
+                            "%s does not accept a JSON-schema response_format; "
+                            "falling back to JSON in text.",
+                            self.model,
+                        )
+                        self._mode = "json_text"
+                        request.pop("response_format", None)
+                        return await self._attempt(request, output_model)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -425,4 +427,3 @@ def _is_jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-

@@ -124,7 +124,9 @@ class Generator(Module):
             )
         self.input_data_model = input_data_models[0]
         value = self.prompt.value
-        self.prompt.schema = _prompt_schema(self.name, self.input_data_model, self.output_data_model)
+        self.prompt.schema = _prompt_schema(
+            self.name, self.input_data_model, self.output_data_model
+        )
         self.prompt.assign(value)
         self.built = True
 

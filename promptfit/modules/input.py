@@ -30,7 +30,7 @@ class InputModule(Module):
         return inputs[0]
 
 
-def Input(data_model: type[DataModel], name: str | None = None) -> SymbolicDataModel:  # noqa: N802
+def Input(data_model: type[DataModel], name: str | None = None) -> SymbolicDataModel:
     """Declare a program input of type ``data_model``.
 
     Example:

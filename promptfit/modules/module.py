@@ -50,7 +50,9 @@ class SymbolicDataModel:
 
     __slots__ = ("data_model", "name", "node")
 
-    def __init__(self, data_model: type[DataModel], node: Node | None = None, name: str = "") -> None:
+    def __init__(
+        self, data_model: type[DataModel], node: Node | None = None, name: str = ""
+    ) -> None:
         self.data_model = data_model
         self.node = node
         self.name = name

@@ -85,7 +85,7 @@ class InstructionOptimizer(PopulationOptimizer):
                 {
                     "inputs": x.model_dump(mode="json"),
                     "output": pred.model_dump(mode="json") if pred is not None else None,
-                    "expected": y.model_dump(mode="json") if hasattr(y, "model_dump") else y,
+                    "expected": y,
                     "reward": reward,
                 }
             )

@@ -76,12 +76,12 @@ class RandomFewShot(PopulationOptimizer):
         """The ground truth as a demonstration, when the generator maps x to y directly."""
         module = self.program.get_module(module_name)
         output_model = getattr(module, "output_data_model", None)
-        if output_model is None or not hasattr(x, "model_dump") or not hasattr(y, "model_dump"):
+        if output_model is None or not hasattr(x, "model_dump") or not isinstance(y, dict):
             return None
         if x.model_dump(mode="json") != inputs:
             return None
         try:
-            return output_model.model_validate(y.model_dump()).model_dump(mode="json")
+            return output_model.model_validate(y).model_dump(mode="json")
         except pydantic.ValidationError:
             return None
 

@@ -118,8 +118,11 @@ class Program(Trainer, Module):
         if not inputs or not outputs:
             raise ConfigurationError("A functional Program needs both `inputs` and `outputs`.")
         for symbol in inputs:
-            if not (isinstance(symbol, SymbolicDataModel) and symbol.node is not None
-                    and isinstance(symbol.node.module, InputModule)):
+            if not (
+                isinstance(symbol, SymbolicDataModel)
+                and symbol.node is not None
+                and isinstance(symbol.node.module, InputModule)
+            ):
                 raise ConfigurationError(
                     f"Program inputs must come from pf.Input(...), got {symbol!r}."
                 )

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from promptfit.data.data_model import DataModel, Field
+from promptfit.data.data_model import DataModel, Field, json_schema_text
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.language_models.request import build_messages, render_system
-from promptfit.data.data_model import json_schema_text
 from promptfit.rewards.reward import Reward, masked
 
 __all__ = ["JudgeVerdict", "LMAsJudge"]

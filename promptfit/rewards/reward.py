@@ -82,7 +82,9 @@ class FunctionReward(Reward):
         ```
     """
 
-    def __init__(self, fn: Callable[[dict[str, Any], dict[str, Any]], Any], name: str | None = None):
+    def __init__(
+        self, fn: Callable[[dict[str, Any], dict[str, Any]], Any], name: str | None = None
+    ):
         if not callable(fn):
             raise ConfigurationError(f"FunctionReward needs a callable, got {fn!r}.")
         self.fn = fn

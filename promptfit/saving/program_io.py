@@ -65,7 +65,10 @@ def functional_config(program: Program) -> dict[str, Any]:
             )
             continue
         if module.name not in modules:
-            modules[module.name] = {"class_name": _class_name(module), "config": module.get_config()}
+            modules[module.name] = {
+                "class_name": _class_name(module),
+                "config": module.get_config(),
+            }
         node_configs.append(
             {"module": module.name, "inputs": [symbol_index[id(s)] for s in node.inputs]}
         )

@@ -20,9 +20,7 @@ _BY_NAME: dict[str, Any] = {}
 _BY_ID: dict[int, str] = {}
 
 
-def register_serializable(
-    package: str = "custom", name: str | None = None
-) -> Callable[[T], T]:
+def register_serializable(package: str = "custom", name: str | None = None) -> Callable[[T], T]:
     """Register a class or function under ``"<package>>NAME"`` so saved files can name it.
 
     Example:

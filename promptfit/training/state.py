@@ -37,8 +37,7 @@ def _dump(rows: list[Any]) -> list[Any]:
 def program_structure(program: Program) -> list[Any]:
     """Module names, types and variable paths: what must match for a backup to apply."""
     return [
-        (m.name, type(m).__name__, sorted(v.path for v in m.own_variables))
-        for m in program.modules
+        (m.name, type(m).__name__, sorted(v.path for v in m.own_variables)) for m in program.modules
     ]
 
 
@@ -77,6 +76,16 @@ class FitState:
     history: Any = None
     optimizer: Optimizer | None = None
     metrics: list[Metric] = field(default_factory=list)
+    # The fit's data, for callbacks that look at examples (PredictionLogger). Not saved by
+    # state_dict: a resumed fit is given the same data again, and the fingerprint checks it.
+    xs: list[Any] = field(default_factory=list, repr=False)
+    ys: list[Any] = field(default_factory=list, repr=False)
+    val_xs: list[Any] = field(default_factory=list, repr=False)
+    val_ys: list[Any] = field(default_factory=list, repr=False)
+    # The latest training batch (transient, valid in on_train_batch_end): its size and how many
+    # of its predictions failed (``None``), which usage counters cannot tell (TerminateOnError).
+    batch_examples: int = 0
+    batch_failed_predictions: int = 0
 
     @property
     def mean_reward(self) -> float:
@@ -101,6 +110,8 @@ class FitState:
                 metric.update_state(yt, yp, r)
         self.reward_total += sum(outcome.rewards)
         self.reward_count += len(outcome.rewards)
+        self.batch_examples = len(outcome.predictions)
+        self.batch_failed_predictions = sum(p is None for p in outcome.predictions)
 
     # -- persistence -----------------------------------------------------------------------
     @staticmethod
@@ -129,6 +140,7 @@ class FitState:
             "variables": program.get_variables(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "callbacks": callbacks,
+            "stop_training": bool(getattr(program, "stop_training", False)),
         }
 
     def check_compatible(self, saved: dict[str, Any]) -> None:
@@ -166,6 +178,8 @@ class FitState:
             if key in usage:
                 lm.usage.load_state_dict(usage[key])
         program.set_variables(saved["variables"])
+        # A run that an early-stopping callback had already stopped must not train on.
+        program.stop_training = bool(saved.get("stop_training", False))
         if self.optimizer is not None and saved.get("optimizer") is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
         if self.callbacks is not None:

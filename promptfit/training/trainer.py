@@ -19,7 +19,7 @@ import anyio
 
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
-from promptfit.data.adapters import to_data_models
+from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
@@ -156,9 +156,7 @@ class Trainer:
 
     def _require_compiled(self, what: str) -> Reward:
         if not self.compiled or self.reward is None:
-            raise ConfigurationError(
-                f"Call program.compile(reward=...) before {what}()."
-            )
+            raise ConfigurationError(f"Call program.compile(reward=...) before {what}().")
         return self.reward
 
     def _read_x(self, x: Any) -> list[Any]:
@@ -181,7 +179,10 @@ class Trainer:
         model = getattr(program, "output_data_model", None)
         if y is None:
             raise DataError("`y` is required to compute rewards.")
-        rows = to_data_models(y, model, "y") if model is not None else list(y)
+        if model is not None:
+            rows: list[Any] = to_targets(y, model, "y")
+        else:
+            rows = [r.model_dump(mode="json") if hasattr(r, "model_dump") else r for r in y]
         if len(rows) != n:
             raise DataError(f"`x` has {n} examples but `y` has {len(rows)}.")
         return rows
@@ -415,6 +416,10 @@ class Trainer:
             step=0,
             steps_per_epoch=batches_per_epoch,
             fingerprint=data_fingerprint(self._program, xs, ys, val_xs, val_ys, epochs, batch_size),
+            xs=xs,
+            ys=ys,
+            val_xs=val_xs,
+            val_ys=val_ys,
         )
         self.fit_state = state
         history = History()
@@ -422,12 +427,18 @@ class Trainer:
         extra: list[Callback] = []
         if verbose not in (0, "0"):
             extra.append(ProgbarLogger(verbose=verbose))
-        cbs = CallbackList(
-            [history, *user_callbacks, *extra] if not any(
-                isinstance(c, History) for c in user_callbacks
-            ) else [*user_callbacks, *extra],
-            program=self._program,
+        ordered = (
+            [history, *user_callbacks, *extra]
+            if not any(isinstance(c, History) for c in user_callbacks)
+            else [*user_callbacks, *extra]
         )
+        # Callbacks that snapshot the run (BackupAndRestore) run last in every hook: their
+        # epoch/batch-end snapshot then includes every other callback's update for that step,
+        # and their on_train_begin restore overrides any reset done by the others' hooks.
+        ordered = [c for c in ordered if not getattr(c, "snapshots_fit_state", False)] + [
+            c for c in ordered if getattr(c, "snapshots_fit_state", False)
+        ]
+        cbs = CallbackList(ordered, program=self._program)
         history = next(c for c in cbs if isinstance(c, History))
         params = {
             "epochs": epochs,
@@ -457,7 +468,8 @@ class Trainer:
                 state.epoch = epoch
                 order = list(range(len(xs)))
                 if shuffle:
-                    random.Random(f"{seed}:{epoch}").shuffle(order)
+                    # state.seed, not the local seed: a restored backup brings its own seed.
+                    random.Random(f"{state.seed}:{epoch}").shuffle(order)
                 batches = _batches(len(order), batch_size)
                 resuming_mid_epoch = state.step > 0
                 if not resuming_mid_epoch:
@@ -479,9 +491,8 @@ class Trainer:
                 await optimizer.on_epoch_end(epoch)
                 epoch_logs = self._train_logs(state)
                 if val_xs:
-                    val_logs = await self._evaluate_loop(
-                        val_xs, val_ys, val_batches, CallbackList(program=self._program)
-                    )
+                    # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
+                    val_logs = await self._evaluate_loop(val_xs, val_ys, val_batches, cbs)
                     epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
                     for key in USAGE_KEYS:
                         epoch_logs[key] += val_logs[key]

@@ -59,10 +59,7 @@ class Variable:
 
     def _validate(self, value: Any) -> dict[str, Any]:
         try:
-            if isinstance(value, self.schema):
-                model = value
-            else:
-                model = self.schema.model_validate(value)
+            model = value if isinstance(value, self.schema) else self.schema.model_validate(value)
         except pydantic.ValidationError as exc:
             raise VariableValidationError(
                 f"Value for variable {self.path!r} does not match its schema "

@@ -1,0 +1,174 @@
+"""The LM client against a real HTTP server: retries, Retry-After, fallback, cache, usage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+import promptfit as pf
+from promptfit.errors import ConfigurationError, LMConfigurationError
+from promptfit.testing import FakeLLMServer
+from tests.conftest import Answer, Query
+
+
+def _messages(lm_program: pf.Generator, question: str = "What is 2 + 3?") -> list[dict[str, str]]:
+    return lm_program.messages(Query(question=question))
+
+
+def _gen(lm: pf.LanguageModel) -> pf.Generator:
+    gen = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
+    return gen
+
+
+def test_structured_output_is_validated(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith")
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert isinstance(result.value, Answer)
+    assert result.value.answer == "5"
+    assert lm.usage.calls == 1
+    assert lm.usage.prompt_tokens > 0 and lm.usage.completion_tokens > 0
+
+
+def test_transient_errors_are_retried(
+    make_lm: Callable[..., pf.LanguageModel], llm_server: FakeLLMServer
+) -> None:
+    lm = make_lm("arith", fail_first=2, error_status=500)
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is not None and result.value.answer == "5"
+    assert lm.usage.retries == 2
+    assert lm.usage.failed_calls == 0
+
+
+def test_retry_after_is_honoured(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm(
+        "arith",
+        fail_first=1,
+        error_status=429,
+        retry_after="0.6",
+        lm_kwargs={"retry_min_wait": 0.01, "retry_max_wait": 5.0},
+    )
+    started = time.perf_counter()
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    elapsed = time.perf_counter() - started
+    assert result.value is not None
+    # The backoff alone would be ~0.01 s; waiting 0.6 s shows the header was read.
+    assert elapsed >= 0.55
+
+
+def test_exhausted_retries_become_a_recorded_failure(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", fail_first=10, error_status=503, retry_after="0")
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is None
+    assert result.error and "ServiceUnavailable" in result.error
+    assert lm.usage.failed_calls == 1
+    assert lm.usage.calls == 0  # no successful request reached the token counters
+
+
+def test_malformed_json_is_retried(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith", malformed_first=1)
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is not None and result.value.answer == "5"
+    assert lm.usage.retries == 1
+
+
+def test_authentication_error_stops_immediately(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", fail_first=5, error_status=401)
+    with pytest.raises(LMConfigurationError, match="api_key"):
+        asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert lm.usage.retries == 0
+
+
+def test_json_text_fallback_when_schema_is_rejected(
+    make_lm: Callable[..., pf.LanguageModel], llm_server: FakeLLMServer
+) -> None:
+    lm = make_lm("arith", no_json_schema=1)
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is not None and result.value.answer == "5"
+    assert lm._mode == "json_text"
+    # Later calls go straight to JSON-in-text.
+    again = asyncio.run(lm.generate(_messages(_gen(lm), "What is 4 + 4?"), Answer))
+    assert again.value is not None and again.value.answer == "8"
+
+
+def test_cache_makes_repeats_free(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith")
+    messages = _messages(_gen(lm))
+
+    async def twice() -> None:
+        await lm.generate(messages, Answer)
+        await lm.generate(messages, Answer)
+
+    asyncio.run(twice())
+    assert lm.usage.calls == 1
+    assert lm.usage.cache_hits == 1
+
+
+def test_identical_concurrent_requests_share_one_call(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", latency_ms=50)
+    messages = _messages(_gen(lm))
+
+    async def many() -> list[pf.language_models.Generation]:
+        return await asyncio.gather(*(lm.generate(messages, Answer) for _ in range(10)))
+
+    results = asyncio.run(many())
+    assert all(r.value is not None for r in results)
+    assert lm.usage.calls == 1
+
+
+def test_disk_cache_persists_across_clients(
+    make_lm: Callable[..., pf.LanguageModel], tmp_path
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    first = make_lm("arith", tag="disk", lm_kwargs={"cache": path})
+    asyncio.run(first.generate(_messages(_gen(first)), Answer))
+    second = make_lm("arith", tag="disk", lm_kwargs={"cache": path})
+    result = asyncio.run(second.generate(_messages(_gen(second)), Answer))
+    assert result.cached and second.usage.calls == 0
+
+
+def test_max_concurrency_bounds_in_flight_requests(
+    make_lm: Callable[..., pf.LanguageModel], llm_server: FakeLLMServer
+) -> None:
+    lm = make_lm(
+        "arith", latency_ms=40, tag="bound", lm_kwargs={"max_concurrency": 4, "cache": False}
+    )
+    gen = _gen(lm)
+    llm_server.reset()
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(lm.generate(_messages(gen, f"What is {i} + 1?"), Answer) for i in range(16))
+        )
+
+    asyncio.run(run())
+    stats = llm_server.stats()
+    assert lm.usage.calls == 16
+    assert stats["max_in_flight"] <= 4
+
+
+def test_config_never_contains_the_key(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith")
+    assert "sk-test-secret-key" not in repr(lm.get_config())
+    assert "api_key" not in lm.get_config()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"structured_output": "xml"}, "structured_output"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        pf.LanguageModel(model="openai/x", **kwargs)
