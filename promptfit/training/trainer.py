@@ -427,6 +427,12 @@ class Trainer:
         extra: list[Callback] = []
         if verbose not in (0, "0"):
             extra.append(ProgbarLogger(verbose=verbose))
+        # While pf.enable_observability() is on, every fit is tracked by a Monitor unless the
+        # user passed one (auto_monitor returns None otherwise and never raises).
+        from promptfit.observability.enable import auto_monitor
+
+        if (monitor := auto_monitor(user_callbacks)) is not None:
+            extra.append(monitor)
         ordered = (
             [history, *user_callbacks, *extra]
             if not any(isinstance(c, History) for c in user_callbacks)
