@@ -171,6 +171,8 @@ class EarlyStopping(Callback):
             self._stop(epoch)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        # A restore that landed after on_train_begin must not leak into the next fit().
+        self._restored = False
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
         if self.restore_best_variables and self.best_variables is not None:

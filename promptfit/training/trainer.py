@@ -9,13 +9,12 @@ needs (epoch, step, shuffling seed, accumulators, optimizer state, history, usag
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
-
-import anyio
 
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
@@ -51,6 +50,19 @@ class BatchOutcome:
     @property
     def mean_reward(self) -> float:
         return sum(self.rewards) / len(self.rewards) if self.rewards else 0.0
+
+
+async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> None:
+    """Run ``fn(0)`` .. ``fn(n - 1)`` as concurrent tasks and wait for all of them.
+
+    A failure cancels the other tasks and is raised in an ``ExceptionGroup``, as with anyio's
+    task groups. asyncio's own ``TaskGroup`` is used because it is about three times cheaper
+    per task than anyio's (which builds a cancel scope, two events and a task handle per
+    task): one task per example is the hot path of ``evaluate`` and ``fit``.
+    """
+    async with asyncio.TaskGroup() as group:
+        for i in range(n):
+            group.create_task(fn(i))
 
 
 def _batches(n: int, batch_size: int) -> list[range]:
@@ -206,9 +218,7 @@ class Trainer:
         if n == 1:
             await run(0)
         else:
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(run, i)
+            await _run_concurrently(run, n)
         return BatchOutcome(list(x), [], predictions, [], traces)
 
     async def run_batch(
@@ -226,9 +236,7 @@ class Trainer:
                 value = 0.0
             rewards[i] = value
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(x)):
-                tg.start_soon(score, i)
+        await _run_concurrently(score, len(x))
         outcome.y = list(y)
         outcome.rewards = rewards
         return outcome
