@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from promptfit import (  # noqa: E402
+from promptfit import (
     callbacks,
     data,
     errors,
@@ -28,18 +28,18 @@ from promptfit import (  # noqa: E402
     rewards,
     saving,
 )
-from promptfit.data import DataModel, Field  # noqa: E402
-from promptfit.language_models import LanguageModel  # noqa: E402
-from promptfit.modules import (  # noqa: E402
+from promptfit.data import DataModel, Field
+from promptfit.language_models import LanguageModel
+from promptfit.modules import (
     ChainOfThought,
     FunctionModule,
     Generator,
     Input,
     Module,
 )
-from promptfit.programs import Program, Sequential  # noqa: E402
-from promptfit.saving.program_io import load_program  # noqa: E402
-from promptfit.saving.registry import register_serializable as _register  # noqa: E402
+from promptfit.programs import Program, Sequential
+from promptfit.saving.program_io import load_program
+from promptfit.saving.registry import register_serializable as _register
 
 for _cls in (Program, Sequential, Generator, ChainOfThought, FunctionModule):
     _register("promptfit")(_cls)
@@ -57,7 +57,10 @@ __all__ = [
     "Sequential",
     "__version__",
     "callbacks",
+    "checkpoints",
     "data",
+    "disable_observability",
+    "enable_observability",
     "errors",
     "language_models",
     "load_program",

@@ -1,0 +1,779 @@
+"""``Monitor``: track a fit as an MLflow run without ever slowing it down or breaking it.
+
+Design, in one paragraph: hooks run on the event loop and only *record* what to send (params,
+metrics, artifacts) into an in-memory outbox; one daemon worker thread per fit drains the outbox
+into MLflow. A call that fails leaves its data in the outbox, the failure is reported once (one
+warning per outage, shared with the tracing backend), and the outbox is retried at every epoch
+end and at train end (bounded by ``flush_timeout``), so metrics logged while the server was
+down still land if it comes back before the run ends. MLflow's HTTP retries are lowered while
+a Monitor is active (see :func:`promptfit.observability.enable.http_defaults`) so a dead server
+is detected in seconds, not minutes. Nothing the Monitor does can raise into ``fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import re
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from promptfit.callbacks.callback import Callback
+
+__all__ = ["Monitor"]
+
+logger = logging.getLogger("promptfit")
+
+# MLflow batch limits (mlflow.utils.validation): 100 params/tags and 1000 metrics per call.
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+_MAX_PARAM_VALUE = 6000
+_MAX_KEY = 250
+_MAX_BUFFERED_METRICS = 200_000
+_LOCAL_STORE_WAIT_S = 120.0
+# Errors retrying cannot fix: drop the offending item instead of retrying it forever.
+_PERMANENT_CODES = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+}
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
+
+
+def _key(name: str) -> str:
+    """A valid MLflow param/metric key (letters, digits, ``_ - . / space``; no path tricks)."""
+    key = _BAD_KEY_CHARS.sub("_", str(name)).strip("/ ")
+    key = re.sub(r"/{2,}", "/", key)
+    parts = ["_" if part in (".", "..") else part for part in key.split("/")]
+    return "/".join(parts)[:_MAX_KEY] or "_"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    elif isinstance(value, list | tuple | dict):
+        out[prefix] = json.dumps(value, default=str, ensure_ascii=False)
+    else:
+        out[prefix] = "None" if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        result = float(value)
+        return result if not math.isnan(result) else None
+    return None
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) in _PERMANENT_CODES
+
+
+class Monitor(Callback):
+    """Log a ``fit`` to MLflow: params, per-epoch metrics, the trained program, usage totals.
+
+    What is logged: the fit parameters (``epochs``, ``batch_size``, ``seed``...), the compile
+    configuration (reward, optimizer, metrics), each callback's and each language model's
+    configuration (never an API key: known keys, credential-named fields and key-shaped strings
+    are scrubbed), every epoch's logs as metrics with ``step=epoch``, optionally every batch's
+    logs as ``batch/<name>`` with ``step=global step``, and at the end the program JSON, the
+    best checkpoint (when a ``ProgramCheckpoint`` runs), LM usage totals as ``usage/<name>``
+    metrics, and the run status (``FINISHED``, ``FAILED``, ``KILLED``).
+
+    Tracking never hurts training: MLflow is only called from a worker thread, failures are
+    detected in seconds and reported with ONE warning, unsent data is buffered and retried at
+    each epoch end and at train end, and no exception from here reaches ``fit``. With
+    :class:`~promptfit.callbacks.BackupAndRestore`, a resumed fit continues the same MLflow run
+    (the run id is part of :meth:`state_dict`), so metric histories stay continuous.
+
+    You rarely create one: after :func:`promptfit.enable_observability`, every ``fit`` gets a
+    Monitor automatically unless you pass your own.
+
+    Args:
+        experiment_name: MLflow experiment; defaults to the one given to
+            ``enable_observability``, else ``"promptfit"``.
+        run_name: Name of the run (MLflow picks a random one when ``None``).
+        tracking_uri: Tracking store; defaults to the enabled one, else MLflow's configured
+            URI, else the embedded ``sqlite:///mlflow.db`` in the working directory.
+        log_batch_metrics: Also log each batch's running logs (``batch/reward``...).
+        tags: Extra run tags.
+        run_id: Continue this existing run instead of starting a new one.
+        flush_timeout: Most seconds ``on_train_end`` waits for the last upload to a tracking
+            server (data still unsent after that is dropped, with the warning already shown;
+            a server that is down or never answered gets 4 s). A local store (SQLite file)
+            cannot hang and is waited for until written, up to 2 minutes, because creating
+            its database the first time can be slow.
+
+    Example:
+        ```python
+        import promptfit as pf
+
+        monitor = pf.callbacks.Monitor(experiment_name="arithmetic", run_name="k2",
+                                       tags={"team": "search"})
+        # await program.fit(x, y, epochs=3, callbacks=[monitor])
+        # monitor.run_id -> the MLflow run to open in the UI
+        ```
+    """
+
+    def __init__(
+        self,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        log_batch_metrics: bool = False,
+        tags: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tracking_uri = tracking_uri
+        self.log_batch_metrics = bool(log_batch_metrics)
+        self.tags = dict(tags or {})
+        self.flush_timeout = float(flush_timeout)
+        self._initial_run_id = run_id
+        self._loaded_run_id: str | None = None
+        self._session: _Session | None = None
+        self._warned_internal = False
+
+    # -- public state ----------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run of the current (or last) fit, once created."""
+        session = self._session
+        if session is not None and session.run_id is not None:
+            return session.run_id
+        return self._loaded_run_id or self._initial_run_id
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"run_id": ...}``: what a resumed fit needs to continue the same run.
+
+        If the run is being created right now (first upload in flight), waits briefly for it
+        so a backup taken at the first epoch end already knows the run id.
+        """
+        session = self._session
+        if session is not None and session.active:
+            session.wait_first_attempt(min(self.flush_timeout, 5.0))
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        run_id = state.get("run_id") if isinstance(state, dict) else None
+        if run_id:
+            self._loaded_run_id = str(run_id)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "experiment_name": self.experiment_name,
+            "run_name": self.run_name,
+            "tracking_uri": self.tracking_uri,
+            "log_batch_metrics": self.log_batch_metrics,
+            "tags": dict(self.tags),
+            "run_id": self._initial_run_id,
+            "flush_timeout": self.flush_timeout,
+        }
+
+    # -- hooks (event loop: record and wake the worker, never call MLflow) -----------------
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            self._session = _Session(self)
+        except Exception as exc:
+            self._session = None
+            self._internal_error(exc)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # The run is created lazily here rather than in on_train_begin, so that a
+        # BackupAndRestore placed after this callback has restored our run id first.
+        session = self._session
+        if session is not None and session.active and not session.kicked:
+            session.kick()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        session = self._session
+        if session is not None and session.active and not session.kicked:
+            session.kick()  # resumed mid-epoch: there was no on_epoch_begin
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        session = self._session
+        if session is None or not session.active or not self.log_batch_metrics:
+            return
+        try:
+            state = self.program.fit_state
+            step = batch if state is None else state.epoch * state.steps_per_epoch + batch
+            session.add_metrics(logs, step, prefix="batch/")
+            if not session.down:
+                session.kick()  # while the server is down, retry at epoch ends only
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        session = self._session
+        if session is None or not session.active:
+            return
+        try:
+            session.add_metrics(logs, epoch)
+            session.last_epoch = epoch
+            session.kick()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def on_checkpoint_saved(self, path: str, logs: dict[str, Any] | None = None) -> None:
+        if self._session is not None:
+            self._session.saved_checkpoints.append(str(path))
+
+    def on_train_error(self, error: BaseException) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            cancelled = isinstance(error, KeyboardInterrupt | anyio.get_cancelled_exc_class())
+        except Exception:
+            cancelled = isinstance(error, KeyboardInterrupt)
+        session.status = "KILLED" if cancelled else "FAILED"
+
+    async def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        session = self._session
+        if session is None or not session.active:
+            return
+        try:
+            await session.finish(self.flush_timeout)
+        except Exception as exc:
+            self._internal_error(exc)
+        finally:
+            session.active = False
+            session.detach()
+            self._loaded_run_id = None
+
+    def _internal_error(self, exc: BaseException) -> None:
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        logger.debug("Monitor error.", exc_info=exc)
+        if not self._warned_internal:
+            self._warned_internal = True
+            detail = scrub_secrets(f"{type(exc).__name__}: {exc}")[:300]
+            warnings.warn(
+                f"promptfit: Monitor failed ({detail}); MLflow tracking is off for the rest "
+                "of this fit. Training continues.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self._session is not None:
+            self._session.abandon()
+
+
+class _Session:
+    """The outbox and worker thread of one fit (a fresh one per ``on_train_begin``).
+
+    Keeping per-fit state here, not on the Monitor, means a worker still finishing a previous
+    fit's upload never touches the next fit's data.
+    """
+
+    def __init__(self, monitor: Monitor) -> None:
+        from promptfit.observability.enable import (
+            DEFAULT_EXPERIMENT_NAME,
+            _acquire_http_defaults,
+            observability_settings,
+            resolve_tracking_uri,
+        )
+
+        self.monitor = monitor
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.first_attempt = threading.Event()
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+        self.metrics: list[tuple[str, float, int, int]] = []
+        self.artifacts: list[tuple[Path, str]] = []
+        self.status = "FINISHED"
+        self.saved_checkpoints: list[str] = []
+        self.last_epoch = 0
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.active = False
+        self.kicked = False
+        self.down = False
+        self.succeeded = False
+        self.disabled = False
+        self.ended = False
+        self.end_requested = False
+        self.requested = 0
+        self.completed = 0
+        self.tmpdir: Path | None = None
+        self.client: Any = None
+
+        settings = observability_settings() or {}
+        self.uri = resolve_tracking_uri(monitor.tracking_uri)
+        self.experiment = (
+            monitor.experiment_name or settings.get("experiment_name") or DEFAULT_EXPERIMENT_NAME
+        )
+        self.run_name = monitor.run_name
+        program = monitor.program
+        lms = program.all_language_models()
+        self.secrets = [s for s in (getattr(lm, "_api_key", None) for lm in lms) if s]
+        backend = self.backend()
+        if backend is not None:
+            backend.add_secrets(self.secrets)
+        self.config_payload = self._describe(program, lms)
+        self.params, self.tags = self._params_and_tags(self.config_payload)
+        self.active = True
+        _acquire_http_defaults()
+        self.thread = threading.Thread(
+            target=self._work, name="promptfit-mlflow-monitor", daemon=True
+        )
+        self.thread.start()
+
+    # -- event-loop side -------------------------------------------------------------------
+    def _describe(self, program: Any, lms: list[Any]) -> dict[str, Any]:
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        state = program.fit_state
+        callbacks = list(state.callbacks) if state is not None and state.callbacks else []
+        callback_configs = []
+        for callback in callbacks:
+            try:
+                config = callback.get_config()
+            except Exception:
+                config = {}
+            callback_configs.append({"class_name": type(callback).__name__, "config": config})
+        lm_configs = []
+        for lm in lms:
+            try:
+                lm_configs.append(lm.get_config())
+            except Exception:
+                lm_configs.append({"name": getattr(lm, "name", repr(lm))})
+        payload = {
+            "program": {"name": program.name, "class_name": type(program).__name__},
+            "fit": dict(self.monitor.params),
+            "compile": program.get_compile_config(),
+            "callbacks": callback_configs,
+            "language_models": lm_configs,
+        }
+        return scrub_secrets(payload, self.secrets)
+
+    def _params_and_tags(self, payload: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        params: dict[str, str] = {}
+        _flatten("", payload["fit"], params)
+        _flatten("program", payload["program"], params)
+        _flatten("compile", payload["compile"], params)
+        params["callbacks"] = ",".join(c["class_name"] for c in payload["callbacks"])
+        seen: dict[str, int] = {}
+        for entry in payload["callbacks"]:
+            name = entry["class_name"]
+            seen[name] = seen.get(name, 0) + 1
+            label = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            _flatten(f"callback.{label}", entry["config"] or {}, params)
+        for config in payload["language_models"]:
+            _flatten(f"lm.{config.get('name', 'lm')}", config, params)
+        tags = {
+            "promptfit.program": payload["program"]["name"],
+            "promptfit.version": _promptfit_version(),
+            **{str(k): str(v) for k, v in self.monitor.tags.items()},
+        }
+        tags = scrub_secrets(tags, self.secrets)
+        return (
+            {_key(k): v[:_MAX_PARAM_VALUE] for k, v in params.items()},
+            {_key(k): str(v)[:8000] for k, v in tags.items()},
+        )
+
+    def backend(self) -> Any:
+        from promptfit.observability.mlflow_backend import MLflowSpanBackend
+        from promptfit.observability.spans import span_backend
+
+        backend = span_backend()
+        if isinstance(backend, MLflowSpanBackend) and backend.tracking_uri == self.uri:
+            return backend
+        return None
+
+    def detach(self) -> None:
+        backend = self.backend()
+        if backend is not None and self.run_id is not None:
+            backend.detach_run(self.run_id)
+
+    def add_metrics(self, logs: dict[str, Any] | None, step: int, prefix: str = "") -> None:
+        now = int(time.time() * 1000)
+        rows = [
+            (_key(f"{prefix}{key}"), number, now, int(step))
+            for key, value in (logs or {}).items()
+            if (number := _number(value)) is not None
+        ]
+        with self.lock:
+            self.metrics.extend(rows)
+            overflow = len(self.metrics) - _MAX_BUFFERED_METRICS
+            if overflow > 0:  # a very long outage: keep the newest
+                del self.metrics[:overflow]
+
+    def kick(self) -> int:
+        with self.lock:
+            self.kicked = True
+            self.requested += 1
+            target = self.requested
+        self.wake.set()
+        return target
+
+    def wait_first_attempt(self, timeout: float) -> None:
+        if self.kicked and not self.first_attempt.is_set():
+            self.first_attempt.wait(timeout=timeout)
+
+    def abandon(self) -> None:
+        """Stop tracking this fit (after an internal error): the worker exits."""
+        self.active = False
+        self.disabled = True
+        with self.lock:
+            self.end_requested = True
+        self.kick()
+
+    async def finish(self, flush_timeout: float) -> None:
+        program = self.monitor.program
+        artifacts: list[tuple[Path, str]] = []
+        try:
+            program_file = self.stage_dir() / "program" / f"{_key(program.name)}.json"
+            if self.status == "KILLED":
+                program.save(program_file)  # cancelled: no awaiting in a cancelled scope
+            else:
+                await anyio.to_thread.run_sync(program.save, program_file)
+            artifacts.append((program_file, "program"))
+        except Exception:
+            logger.debug("Monitor could not save the program.", exc_info=True)
+        best = self._best_checkpoint()
+        if best is not None:
+            artifacts.append((best, "checkpoints/best"))
+        usage: dict[str, Any] = {}
+        try:
+            usage = program.usage_totals().as_dict()
+        except Exception:
+            logger.debug("Monitor could not read usage totals.", exc_info=True)
+        self.add_metrics(usage, self.last_epoch, prefix="usage/")
+        with self.lock:
+            self.artifacts.extend(artifacts)
+            self.end_requested = True
+        target = self.kick()
+        if self.status == "KILLED":
+            return  # the worker finishes in the background; never delay a cancellation
+        remote = self.uri.startswith(("http://", "https://"))
+        if remote and (self.down or not self.succeeded):
+            # The full timeout is for a server that has been answering (uploads in progress).
+            # One that is down or has not answered yet gets a short grace: a server that came
+            # back answers within a second, a hung one never does.
+            flush_timeout = min(flush_timeout, 4.0)
+        elif not remote:
+            # A local store cannot hang, but creating its database the first time can take a
+            # while: wait for the data to be written rather than lose the run.
+            flush_timeout = max(flush_timeout, _LOCAL_STORE_WAIT_S)
+        deadline = time.monotonic() + flush_timeout
+        while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
+            await anyio.sleep(0.02)
+        if remote and self.completed < target and not self.succeeded and not self.disabled:
+            from promptfit.observability.mlflow_backend import report_unreachable
+
+            # Say it now, not from the worker after fit has returned (or never, at exit).
+            report_unreachable(self.uri, f"no answer within {flush_timeout:.0f}s")
+        with self.lock:
+            unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
+        if unsent and not self.disabled:
+            logger.info("Monitor: %d items could not be sent to MLflow before the end.", unsent)
+
+    def _best_checkpoint(self) -> Path | None:
+        state = self.monitor.program.fit_state
+        callbacks = list(state.callbacks) if state is not None and state.callbacks else []
+        checkpointers = [c for c in callbacks if type(c).__name__ == "ProgramCheckpoint"]
+        if not checkpointers:
+            return None
+        directories: list[Path] = []
+        for callback in checkpointers:
+            for attr in ("directory", "dirpath", "checkpoint_dir", "filepath", "path"):
+                value = getattr(callback, attr, None)
+                if isinstance(value, str | Path):
+                    path = Path(value)
+                    directories.append(path if path.is_dir() else path.parent)
+        for saved in self.saved_checkpoints:
+            path = Path(saved)
+            directories.append(path if path.is_dir() else path.parent)
+        try:
+            from promptfit.checkpoints import best_checkpoint  # owned by promptfit.checkpoints
+        except Exception:
+            best_checkpoint = None
+        if best_checkpoint is not None:
+            for directory in dict.fromkeys(directories):
+                try:
+                    found = _as_path(best_checkpoint(directory))
+                except Exception:
+                    continue
+                if found is not None and found.exists():
+                    return found
+        for saved in reversed(self.saved_checkpoints):
+            if Path(saved).exists():
+                return Path(saved)
+        return None
+
+    def stage_dir(self) -> Path:
+        if self.tmpdir is None:
+            self.tmpdir = Path(tempfile.mkdtemp(prefix="promptfit-monitor-"))
+        return self.tmpdir
+
+    # -- worker thread (the only place that calls MLflow) ----------------------------------
+    def _work(self) -> None:
+        from promptfit.observability.enable import _release_http_defaults
+
+        try:
+            try:  # import MLflow and open the store now, overlapping the first epoch
+                self._client()
+            except Exception:
+                logger.debug("Monitor could not open %s yet.", self.uri, exc_info=True)
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                with self.lock:
+                    target = self.requested
+                    final = self.end_requested
+                try:
+                    if not self.disabled:
+                        self._flush()
+                except BaseException:  # never let the worker die silently mid-fit
+                    logger.debug("Monitor flush crashed.", exc_info=True)
+                finally:
+                    self.first_attempt.set()
+                with self.lock:
+                    self.completed = max(self.completed, target)
+                    caught_up = self.completed >= self.requested
+                if final and (self.ended or self.disabled or caught_up):
+                    break
+        finally:
+            self.first_attempt.set()
+            _release_http_defaults()
+            if self.tmpdir is not None:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _flush(self) -> None:
+        from promptfit.observability.mlflow_backend import (
+            mark_reachable,
+            report_unreachable,
+            scrub_secrets,
+        )
+
+        try:
+            client = self._client()
+            if self.run_id is None:
+                self._start_run(client)
+            self._send_params(client)
+            self._send_metrics(client)
+            self._send_artifacts(client)
+            with self.lock:
+                done = self.end_requested and not (
+                    self.metrics or self.params or self.tags or self.artifacts
+                )
+            if done and not self.ended:
+                client.set_terminated(self.run_id, status=self.status)
+                self.ended = True
+        except Exception as exc:
+            if _is_permanent(exc):
+                self.disabled = True
+                detail = scrub_secrets(str(exc), self.secrets)[:300]
+                warnings.warn(
+                    f"promptfit: MLflow rejected the Monitor's run ({detail}); tracking is off "
+                    "for this fit. Training continues.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return
+            self.down = True
+            report_unreachable(self.uri, exc)
+            return
+        if self.down:
+            logger.info("MLflow tracking is reachable again; buffered run data was sent.")
+        self.down = False
+        self.succeeded = True
+        mark_reachable(self.uri)
+
+    def _client(self) -> Any:
+        if self.client is None:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+        return self.client
+
+    def _start_run(self, client: Any) -> None:
+        from mlflow.exceptions import MlflowException
+
+        from promptfit.observability.enable import get_or_create_experiment
+
+        experiment_id = get_or_create_experiment(client, self.experiment, self.uri)
+        run = None
+        resume = self.monitor._loaded_run_id or self.monitor._initial_run_id
+        if resume:
+            try:
+                run = client.get_run(resume)
+            except MlflowException as exc:
+                if not _is_permanent(exc):
+                    raise
+                logger.info("MLflow run %s not found; starting a new run.", resume)
+            if run is not None and run.info.lifecycle_stage == "deleted":
+                run = None
+            if run is not None:
+                if run.info.status != "RUNNING":
+                    client.update_run(run.info.run_id, status="RUNNING")
+                existing = run.data.params
+                with self.lock:  # params are immutable in MLflow: keep the first values
+                    self.params = {k: v for k, v in self.params.items() if k not in existing}
+                experiment_id = run.info.experiment_id
+        if run is None:
+            run = client.create_run(experiment_id, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        self.experiment_id = str(experiment_id)
+        backend = self.backend()
+        if backend is not None and self.active:
+            backend.attach_run(self.run_id, self.experiment_id)
+        path = self.stage_dir() / "promptfit" / "fit_config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.config_payload, indent=2, default=str), encoding="utf-8")
+        with self.lock:
+            self.artifacts.insert(0, (path, "promptfit"))
+
+    def _send_params(self, client: Any) -> None:
+        from mlflow.entities import Param, RunTag
+
+        while True:
+            with self.lock:
+                params = list(self.params.items())[:_PARAMS_PER_BATCH]
+                tags = list(self.tags.items())[:_PARAMS_PER_BATCH]
+            if not params and not tags:
+                return
+            try:
+                client.log_batch(
+                    self.run_id,
+                    params=[Param(k, v) for k, v in params],
+                    tags=[RunTag(k, v) for k, v in tags],
+                )
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
+                self._send_one_by_one(client, params, tags)
+            with self.lock:
+                for key, _ in params:
+                    self.params.pop(key, None)
+                for key, _ in tags:
+                    self.tags.pop(key, None)
+
+    def _send_one_by_one(
+        self, client: Any, params: list[tuple[str, str]], tags: list[tuple[str, str]]
+    ) -> None:
+        for key, value in params:
+            try:
+                client.log_param(self.run_id, key, value)
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
+                logger.debug("MLflow rejected param %r: %s", key, exc)
+        for key, value in tags:
+            try:
+                client.set_tag(self.run_id, key, value)
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
+                logger.debug("MLflow rejected tag %r: %s", key, exc)
+
+    def _send_metrics(self, client: Any) -> None:
+        from mlflow.entities import Metric
+
+        while True:
+            with self.lock:
+                rows = self.metrics[:_METRICS_PER_BATCH]
+            if not rows:
+                return
+            try:
+                client.log_batch(self.run_id, metrics=[Metric(*row) for row in rows])
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
+                for row in rows:
+                    try:
+                        client.log_batch(self.run_id, metrics=[Metric(*row)])
+                    except Exception as inner:
+                        if not _is_permanent(inner):
+                            raise
+                        logger.debug("MLflow rejected metric %r: %s", row[0], inner)
+            with self.lock:
+                del self.metrics[: len(rows)]  # only appended at the end meanwhile
+
+    def _send_artifacts(self, client: Any) -> None:
+        while True:
+            with self.lock:
+                if not self.artifacts:
+                    return
+                local, artifact_path = self.artifacts[0]
+            try:
+                staged = self._stage(local)
+                if staged.is_dir():
+                    client.log_artifacts(self.run_id, str(staged), f"{artifact_path}/{staged.name}")
+                else:
+                    client.log_artifact(self.run_id, str(staged), artifact_path)
+            except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+                logger.debug("Monitor skipped artifact %s: %s", local, exc)
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
+                logger.debug("MLflow rejected artifact %s: %s", local, exc)
+            with self.lock:
+                if self.artifacts and self.artifacts[0][0] == local:
+                    self.artifacts.pop(0)
+
+    def _stage(self, local: Path) -> Path:
+        """A scrubbed copy of ``local`` inside our temp dir (user files are never modified)."""
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        stage = self.stage_dir()
+        if local.is_relative_to(stage):
+            target = local
+        else:
+            target = stage / "staged" / local.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if local.is_dir():
+                shutil.copytree(local, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(local, target)
+        files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+        for file in files:
+            if file.suffix.lower() not in (".json", ".jsonl", ".txt", ".yaml", ".yml", ".csv"):
+                continue
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            clean = scrub_secrets(text, self.secrets)
+            if clean != text:
+                file.write_text(clean, encoding="utf-8")
+        return target
+
+
+def _as_path(found: Any) -> Path | None:
+    if found is None:
+        return None
+    if isinstance(found, str | Path):
+        return Path(found)
+    if isinstance(found, dict) and "path" in found:
+        return Path(found["path"])
+    path = getattr(found, "path", None)
+    return Path(path) if isinstance(path, str | Path) else None
+
+
+def _promptfit_version() -> str:
+    try:
+        from promptfit import __version__
+
+        return __version__
+    except Exception:
+        return "unknown"

@@ -1,0 +1,424 @@
+"""The MLflow tracing backend for :mod:`promptfit.observability.spans`.
+
+Every ``span(...)`` opened by library code becomes an MLflow trace span. Nesting comes from
+MLflow's OpenTelemetry context, which lives in context variables: an anyio/asyncio task copies
+the context of the code that started it, so each example (run in its own task by ``fit``)
+becomes its own trace whose root is the program span, with module spans under it and one
+``CHAT_MODEL`` span per LM call under the module that made it.
+
+Opening a span is in-memory work; MLflow exports finished traces from its own background
+threads, so the event loop never waits on the tracking server. While the server is known to be
+unreachable, spans are not recorded at all (cheap no-ops), so a dead server costs neither time
+nor a warning per trace: promptfit shows ONE warning per outage (see
+:func:`report_unreachable`).
+
+This module also holds the helpers shared with :class:`~promptfit.callbacks.Monitor`:
+secret scrubbing and the reachability registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+__all__ = [
+    "MLflowSpanBackend",
+    "is_unreachable",
+    "mark_reachable",
+    "redact_uri",
+    "report_unreachable",
+    "scrub_secrets",
+]
+
+logger = logging.getLogger("promptfit")
+
+REDACTED = "***"
+
+# Names whose values are credentials. "token" alone is NOT here: `tokens`, `max_tokens` and
+# `prompt_tokens` are usage numbers, not secrets.
+_SECRET_NAME = re.compile(
+    r"(api[_-]?key|secret|passw(or)?d|authori[sz]ation|credential|access[_-]?token|"
+    r"auth[_-]?token|bearer|private[_-]?key|session[_-]?token)",
+    re.IGNORECASE,
+)
+# Shapes of common provider keys, for values that reach us under an innocent name (an error
+# message quoting the key, a header copied into a config...).
+_SECRET_VALUE = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|sk_(live|test)_[A-Za-z0-9]{8,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*"
+    r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
+    r"|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{20,})"
+)
+_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _environment_secrets() -> set[str]:
+    return {
+        value for name, value in os.environ.items() if _SECRET_NAME.search(name) and len(value) >= 8
+    }
+
+
+def scrub_secrets(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """Return ``value`` with anything that looks like a credential replaced by ``***``.
+
+    Three layers, because a key can leak in three ways: under a credential-like name
+    (``api_key``, ``password``...), as an exact known secret (``secrets`` plus the values of
+    credential-named environment variables) embedded in any string, or in a recognisable shape
+    (``sk-...``, ``Bearer ...``, ``user:password@`` in a URL) inside text such as an error
+    message. Dicts, lists and tuples
+    are walked; other objects are returned unchanged.
+
+    Args:
+        value: Any JSON-like structure.
+        secrets: Exact secret strings to remove wherever they appear.
+
+    Example:
+        ```python
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        scrub_secrets({"api_key": "abc", "note": "key sk-test-secret-key"})
+        # {'api_key': '***', 'note': 'key ***'}
+        ```
+    """
+    known = sorted({s for s in secrets if s and len(s) >= 4} | _environment_secrets(), key=len)
+    known.reverse()  # longest first, so a secret containing another is removed whole
+    return _scrub(value, known)
+
+
+def _scrub(value: Any, known: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in known:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        value = _SECRET_VALUE.sub(REDACTED, value)
+        return _URI_USERINFO.sub(f"{REDACTED}@", value) if "@" in value else value
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and _SECRET_NAME.search(key) and item not in (None, ""):
+                out[key] = REDACTED
+            else:
+                out[key] = _scrub(item, known)
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(item, known) for item in value)
+    return value
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without ``user:password@``, for messages (tracking URIs may embed credentials)."""
+    return _URI_USERINFO.sub(f"{REDACTED}@", uri)
+
+
+# -- reachability ------------------------------------------------------------------------------
+# One registry per process, keyed by tracking URI: the Monitor's worker, the span backend and
+# MLflow's trace-export threads all learn about the same outage, and the user is told once.
+_health_lock = threading.Lock()
+_unreachable: set[str] = set()
+_warned: set[str] = set()
+_probing: set[str] = set()
+_recovered_at: dict[str, float] = {}
+PROBE_INTERVAL_S = 5.0
+RECOVERY_GRACE_S = 15.0
+
+
+def is_unreachable(uri: str) -> bool:
+    """Whether the last attempt to reach ``uri`` failed (and no later one succeeded)."""
+    return uri in _unreachable
+
+
+def mark_reachable(uri: str) -> None:
+    """Record a successful call: spans resume and a later outage warns again."""
+    with _health_lock:
+        if uri in _unreachable:
+            _recovered_at[uri] = time.monotonic()
+        _unreachable.discard(uri)
+        _warned.discard(uri)
+
+
+def _probe(uri: str) -> None:
+    """Poll a down server's ``/health`` so tracing resumes when it is back, even outside a fit
+    (when no Monitor is retrying). Runs only while a backend for ``uri`` is installed."""
+    import urllib.request
+
+    from promptfit.observability.spans import span_backend
+
+    try:
+        while uri in _unreachable:
+            time.sleep(PROBE_INTERVAL_S)
+            backend = span_backend()
+            if not isinstance(backend, MLflowSpanBackend) or backend.tracking_uri != uri:
+                return
+            try:
+                with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2) as response:
+                    if response.status == 200:
+                        mark_reachable(uri)
+            except OSError:
+                continue
+    finally:
+        with _health_lock:
+            _probing.discard(uri)
+
+
+def _summary(error: BaseException | str) -> str:
+    """A short, key-free reason: urllib3's messages are long and repeat the URL."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if "connection refused" in lowered or "failed to establish" in lowered:
+        return "connection refused"
+    if "timed out" in lowered or "timeout" in lowered:
+        return "request timed out"
+    if "connection reset" in lowered or "connection aborted" in lowered:
+        return "connection reset"
+    return str(scrub_secrets(text))[:200]
+
+
+def report_unreachable(uri: str, error: BaseException | str, *, late: bool = False) -> None:
+    """Record a failed call to ``uri``; the first report of an outage shows ONE warning.
+
+    Called from any thread (the Monitor's worker, MLflow's exporter threads). Training goes on
+    regardless; the warning says what is kept (buffered run data) and what is lost (traces).
+    ``late`` reports (trace exports, which MLflow runs asynchronously) are ignored for a short
+    grace period after the server was seen healthy again: they describe the outage that just
+    ended, not a new one.
+    """
+    with _health_lock:
+        if late and time.monotonic() - _recovered_at.get(uri, -1e9) < RECOVERY_GRACE_S:
+            return
+        _unreachable.add(uri)
+        first = uri not in _warned
+        _warned.add(uri)
+        probe = uri.startswith(("http://", "https://")) and uri not in _probing
+        if probe:
+            _probing.add(uri)
+    if probe:
+        threading.Thread(
+            target=_probe, args=(uri,), name="promptfit-mlflow-probe", daemon=True
+        ).start()
+    reason = _summary(error)
+    logger.debug("MLflow tracking at %s failed: %s", redact_uri(uri), scrub_secrets(str(error)))
+    if first:
+        warnings.warn(
+            f"promptfit: MLflow tracking at {redact_uri(uri)} is unreachable ({reason}). "
+            "Training continues; run parameters and metrics are buffered and sent if the "
+            "server comes back before the run ends; traces are dropped meanwhile.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+class _ExportFailureFilter(logging.Filter):
+    """Turn MLflow's per-trace export failures into our single outage warning.
+
+    Without it, a dead server prints one MLflow warning per exported trace (one per example).
+    """
+
+    def __init__(self, backend: MLflowSpanBackend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        export_failure = (
+            "Failed to send trace" in message
+            or "Failed to log trace" in message
+            or "Failed to log spans" in message
+        )
+        # Only connectivity problems are an outage; anything else (a rejected trace...) is
+        # MLflow's to report.
+        if export_failure and any(word in message.lower() for word in _CONNECTIVITY):
+            report_unreachable(self.backend.tracking_uri, message, late=True)
+            return False
+        return True
+
+
+_CONNECTIVITY = (
+    "connection",
+    "timed out",
+    "timeout",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "database is locked",
+)
+
+
+_FILTERED_LOGGERS = (
+    "mlflow.tracing.export.mlflow_v3",
+    "mlflow.tracing.export.async_export_queue",
+)
+
+
+# -- span handles ----------------------------------------------------------------------------
+class _NoopHandle:
+    def set_outputs(self, outputs: Any) -> None:
+        return None
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        return None
+
+
+_NOOP = _NoopHandle()
+
+
+class _Handle:
+    """Adapts promptfit's span attributes to MLflow's LLM conventions (usage, cost, model)."""
+
+    __slots__ = ("_backend", "_span")
+
+    def __init__(self, live: Any, backend: MLflowSpanBackend) -> None:
+        self._span = live
+        self._backend = backend
+
+    def set_outputs(self, outputs: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._span.set_outputs(self._backend.scrub(outputs))
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        try:
+            self._set_attributes(attributes)
+        except Exception:  # tracing must never break a call
+            logger.debug("Could not set span attributes.", exc_info=True)
+
+    def _set_attributes(self, attributes: dict[str, Any]) -> None:
+        from mlflow.entities import SpanStatus, SpanStatusCode
+        from mlflow.tracing.constant import CostKey, SpanAttributeKey, TokenUsageKey
+
+        attrs = self._backend.scrub(dict(attributes))
+        extra: dict[str, Any] = {}
+        if attrs.get("model"):
+            extra[SpanAttributeKey.MODEL] = attrs["model"]
+        if "prompt_tokens" in attrs or "completion_tokens" in attrs:
+            prompt = int(attrs.get("prompt_tokens") or 0)
+            completion = int(attrs.get("completion_tokens") or 0)
+            extra[SpanAttributeKey.CHAT_USAGE] = {
+                TokenUsageKey.INPUT_TOKENS: prompt,
+                TokenUsageKey.OUTPUT_TOKENS: completion,
+                TokenUsageKey.TOTAL_TOKENS: prompt + completion,
+            }
+        if attrs.get("cost"):
+            extra[SpanAttributeKey.LLM_COST] = {CostKey.TOTAL_COST: float(attrs["cost"])}
+        self._span.set_attributes({**attrs, **extra})
+        if attrs.get("error"):
+            self._span.set_status(SpanStatus(SpanStatusCode.ERROR, str(attrs["error"])[:1000]))
+
+
+class MLflowSpanBackend:
+    """Records promptfit spans as MLflow traces; install it with ``set_span_backend``.
+
+    Normally created by :func:`promptfit.enable_observability`, which also points MLflow at the
+    tracking store. Root spans (one per example) go to ``experiment_id``; while a
+    :class:`~promptfit.callbacks.Monitor` run is attached (:meth:`attach_run`), they go to that
+    run's experiment and are linked to the run, so a run's page lists the traces of its fit.
+
+    Args:
+        tracking_uri: The tracking URI the traces are exported to (used to skip spans while it
+            is unreachable and to match the Monitor's run).
+        experiment_id: Default destination experiment; ``None`` (not resolved yet, e.g. the
+            server was down when observability was enabled) records no spans until a
+            Monitor resolves one.
+        secrets: Strings never to write into a trace (API keys); credential-like names and
+            key-shaped values are scrubbed regardless.
+
+    Example:
+        ```python
+        from promptfit.observability.mlflow_backend import MLflowSpanBackend
+        from promptfit.observability.spans import set_span_backend
+
+        backend = MLflowSpanBackend("sqlite:///mlflow.db", experiment_id="1")
+        set_span_backend(backend)  # every program, module and LM call is now traced
+        set_span_backend(None)
+        ```
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self._secrets: set[str] = set(secrets)
+        self._known: list[str] = []
+        self._run: tuple[str, str] | None = None
+        self._filter = _ExportFailureFilter(self)
+        self._refresh_known()
+
+    # -- configuration -------------------------------------------------------------------
+    def add_secrets(self, secrets: Iterable[str | None]) -> None:
+        """Also scrub these exact strings (the Monitor registers the program's API keys)."""
+        new = {s for s in secrets if s}
+        if not new <= self._secrets:
+            self._secrets |= new
+            self._refresh_known()
+
+    def _refresh_known(self) -> None:
+        known = {s for s in self._secrets if len(s) >= 4} | _environment_secrets()
+        self._known = sorted(known, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        return _scrub(value, self._known)
+
+    def attach_run(self, run_id: str, experiment_id: str) -> None:
+        """Send the traces of the current fit to ``experiment_id``, linked to ``run_id``."""
+        self._run = (run_id, experiment_id)
+        if self.experiment_id is None:
+            self.experiment_id = experiment_id
+
+    def detach_run(self, run_id: str | None = None) -> None:
+        if run_id is None or (self._run is not None and self._run[0] == run_id):
+            self._run = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run[0] if self._run is not None else None
+
+    def install_log_filter(self) -> None:
+        for name in _FILTERED_LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
+
+    def remove_log_filter(self) -> None:
+        for name in _FILTERED_LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"tracking_uri": redact_uri(self.tracking_uri), "experiment_id": self.experiment_id}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MLflowSpanBackend:
+        return cls(**config)
+
+    # -- the SpanBackend protocol ----------------------------------------------------------
+    @contextlib.contextmanager
+    def start(
+        self, name: str, kind: str, inputs: Any, attributes: dict[str, Any] | None
+    ) -> Iterator[Any]:
+        run = self._run
+        destination = run[1] if run is not None else self.experiment_id
+        if destination is None or self.tracking_uri in _unreachable:
+            yield _NOOP
+            return
+        import mlflow
+        from mlflow.entities.trace_location import MlflowExperimentLocation
+
+        kwargs: dict[str, Any] = {}
+        if mlflow.get_current_active_span() is None:  # a root span: one trace per example
+            kwargs["trace_destination"] = MlflowExperimentLocation(destination)
+            if run is not None:
+                kwargs["run_id"] = run[0]
+        with mlflow.start_span(name=name, span_type=kind, **kwargs) as live:
+            handle = _Handle(live, self)
+            if inputs is not None:
+                with contextlib.suppress(Exception):
+                    live.set_inputs(self.scrub(inputs))
+            if attributes:
+                handle.set_attributes(attributes)
+            yield handle
