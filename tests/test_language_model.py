@@ -172,3 +172,36 @@ def test_config_never_contains_the_key(make_lm: Callable[..., pf.LanguageModel])
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         pf.LanguageModel(model="openai/x", **kwargs)
+
+
+def test_concurrent_requests_all_fall_back_to_text(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    """Requests in flight when the first refusal arrives must fall back too, not fail."""
+    lm = make_lm("arith", no_json_schema=1, latency_ms=30, lm_kwargs={"cache": False})
+    gen = _gen(lm)
+
+    async def run() -> list[pf.language_models.Generation]:
+        return await asyncio.gather(
+            *(lm.generate(_messages(gen, f"What is {i} + 2?"), Answer) for i in range(6))
+        )
+
+    results = asyncio.run(run())
+    assert [r.value.answer for r in results if r.value] == [str(i + 2) for i in range(6)]
+    assert lm.usage.failed_calls == 0
+
+
+def test_backoff_grows_across_retries(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm(
+        "arith",
+        fail_first=3,
+        error_status=500,
+        lm_kwargs={"retry_min_wait": 0.1, "retry_max_wait": 5.0, "max_retries": 3},
+    )
+    started = time.perf_counter()
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    elapsed = time.perf_counter() - started
+    assert result.value is not None
+    assert lm.usage.retries == 3
+    # 0.1 + 0.2 + 0.4 (plus jitter) when the backoff doubles from the bare first attempt.
+    assert elapsed >= 0.65

@@ -10,7 +10,7 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
+import litellm
 
 litellm.telemetry = False
 litellm.suppress_debug_info = True

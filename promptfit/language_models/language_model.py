@@ -11,6 +11,7 @@ retry can fix (bad key, unknown model), which stop the run at once with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from promptfit.language_models._litellm import litellm
 from promptfit.language_models.cache import ResponseCache, request_key
 from promptfit.language_models.request import parse_json_reply, response_format
 from promptfit.language_models.usage import Usage
-from promptfit.observability.spans import span
+from promptfit.observability.spans import span, span_backend
 
 __all__ = ["Generation", "LanguageModel"]
 
@@ -99,6 +100,38 @@ def _is_unsupported_schema(exc: BaseException) -> bool:
         text = str(exc).lower()
         return "response_format" in text or "json_schema" in text
     return False
+
+
+class _NoopSpan:
+    """What an LM call records into when no tracing backend is installed."""
+
+    def set_outputs(self, outputs: Any) -> None:
+        return None
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        return None
+
+
+# With tracing off (the default) a call opens this shared, reusable context instead of a
+# span: no generator, no input or attribute dicts per call.
+_NO_SPAN = contextlib.nullcontext(_NoopSpan())
+
+
+def _new_semaphore(value: int) -> anyio.Semaphore:
+    # ``fast_acquire`` (anyio >= 4.5) skips the extra trip through the event loop that an
+    # uncontended acquire otherwise makes; the HTTP request right after yields anyway.
+    try:
+        return anyio.Semaphore(value, fast_acquire=True)
+    except TypeError:  # pragma: no cover - older anyio
+        return anyio.Semaphore(value)
+
+
+def _retry_state(attempt_number: int, exc: BaseException) -> RetryCallState:
+    """The tenacity state ``LanguageModel._wait`` reads, for a failed attempt."""
+    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+    state.attempt_number = attempt_number
+    state.set_exception((type(exc), exc, exc.__traceback__))
+    return state
 
 
 class LanguageModel:
@@ -192,6 +225,9 @@ class LanguageModel:
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        # The last (loop, limiter) pair, so a call does not build a weak reference to look
+        # its limiter up; the loop is held weakly, as in ``_limiters``.
+        self._last_limiter: tuple[Any, anyio.Semaphore] | None = None
         self._inflight: dict[str, asyncio.Future[Generation]] = {}
         if model.startswith("local/"):
             from promptfit.language_models.local import register_local_provider
@@ -230,10 +266,14 @@ class LanguageModel:
             loop: Any = asyncio.get_running_loop()
         except RuntimeError:
             loop = self
+        last = self._last_limiter
+        if last is not None and last[0]() is loop:
+            return last[1]
         limiter = self._limiters.get(loop)
         if limiter is None:
-            limiter = anyio.Semaphore(self.max_concurrency)
+            limiter = _new_semaphore(self.max_concurrency)
             self._limiters[loop] = limiter
+        self._last_limiter = (weakref.ref(loop), limiter)
         return limiter
 
     def _request(
@@ -250,7 +290,8 @@ class LanguageModel:
             request["max_tokens"] = self.max_tokens
         if self._mode == "json_schema":
             request["response_format"] = response_format(schema_name, schema)
-        request.update(self.litellm_kwargs)
+        if self.litellm_kwargs:
+            request.update(self.litellm_kwargs)
         return request
 
     def _wait(self, state: RetryCallState) -> float:
@@ -271,125 +312,176 @@ class LanguageModel:
         Raises:
             LMConfigurationError: the provider rejected the credentials or the model name.
         """
-        schema = json_schema_of(output_model)
-        request = self._request(messages, output_model.__name__, schema)
-        key = request_key(request) if self.cache is not None else ""
-        if self.cache is not None:
-            hit = await self.cache.get(key)
-            if hit is not None:
-                try:
-                    value = output_model.model_validate(hit["value"])
-                except pydantic.ValidationError:
-                    value = None
-                if value is not None:
-                    self.usage.add(cache_hits=1)
+        request = self._request(messages, output_model.__name__, json_schema_of(output_model))
+        cache = self.cache
+        if cache is None:
+            return await self._generate_uncached(request, output_model, "")
+        key = request_key(request)
+        hit = await cache.get(key)
+        if hit is not None:
+            try:
+                value = output_model.model_validate(hit["value"])
+            except pydantic.ValidationError:
+                value = None
+            if value is not None:
+                self.usage.add(cache_hits=1)
+                if span_backend() is not None:
                     with span(f"{self.name}.call", "CHAT_MODEL", {"messages": messages}) as handle:
                         handle.set_attributes({"model": self.model, "cache_hit": True})
                         handle.set_outputs(hit["value"])
-                    return Generation(value, cached=True)
-            pending = self._inflight.get(key)
-            if pending is not None:
-                return await asyncio.shield(pending)
-            future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-            self._inflight[key] = future
-            try:
-                result = await self._generate_uncached(request, output_model, schema, key)
-                future.set_result(result)
-                return result
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: waiters re-raise, nobody logs it as lost
-                raise
-            finally:
-                self._inflight.pop(key, None)
-        return await self._generate_uncached(request, output_model, schema, key)
+                return Generation(value, cached=True)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._generate_uncached(request, output_model, key)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise, nobody logs it as lost
+            raise
+        finally:
+            self._inflight.pop(key, None)
 
     async def _generate_uncached(
-        self,
-        request: dict[str, Any],
-        output_model: type[pydantic.BaseModel],
-        schema: dict[str, Any],
-        key: str,
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel], key: str
     ) -> Generation:
+        tracing = span_backend() is not None
         started = time.perf_counter()
-        with span(
-            f"{self.name}.call",
-            "CHAT_MODEL",
-            {"messages": request["messages"], "response_format": request.get("response_format")},
-        ) as handle:
+        manager: contextlib.AbstractContextManager[Any] = (
+            span(
+                f"{self.name}.call",
+                "CHAT_MODEL",
+                {
+                    "messages": request["messages"],
+                    "response_format": request.get("response_format"),
+                },
+            )
+            if tracing
+            else _NO_SPAN
+        )
+        store = self.cache is not None and bool(key)
+        with manager as handle:
             try:
-                value, raw, usage = await self._call_with_retries(request, output_model, schema)
+                value, usage = await self._call_with_retries(request, output_model)
             except LMConfigurationError:
                 raise
             except Exception as exc:  # recorded failure, not a crash
                 self.usage.add(failed_calls=1)
                 error = f"{type(exc).__name__}: {exc}"
                 logger.debug("LM call to %s failed after retries: %s", self.model, error)
+                if tracing:
+                    handle.set_attributes(
+                        {
+                            "model": self.model,
+                            "error": error[:2000],
+                            "latency_s": time.perf_counter() - started,
+                            "cache_hit": False,
+                        }
+                    )
+                return Generation(None, error=error)
+            # The JSON form of the reply is only needed by the cache and the trace.
+            raw = value.model_dump(mode="json") if tracing or store else None
+            if tracing:
+                prompt_tokens, completion_tokens, cost = usage
                 handle.set_attributes(
                     {
                         "model": self.model,
-                        "error": error[:2000],
                         "latency_s": time.perf_counter() - started,
                         "cache_hit": False,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "cost": cost,
                     }
                 )
-                return Generation(None, error=error)
-            handle.set_attributes(
-                {
-                    "model": self.model,
-                    "latency_s": time.perf_counter() - started,
-                    "cache_hit": False,
-                    **usage,
-                }
-            )
-            handle.set_outputs(raw)
-        if self.cache is not None and key:
-            await self.cache.put(key, {"value": raw})
+                handle.set_outputs(raw)
+        if store:
+            await self.cache.put(key, {"value": raw})  # type: ignore[union-attr]
         return Generation(value)
 
     async def _call_with_retries(
-        self,
-        request: dict[str, Any],
-        output_model: type[pydantic.BaseModel],
-        schema: dict[str, Any],
-    ) -> tuple[pydantic.BaseModel, dict[str, Any], dict[str, Any]]:
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """Attempts until one succeeds, a non-transient error, or the retries run out.
+
+        The first attempt runs bare: nearly every call succeeds at once, and building retry
+        machinery for each of thousands of in-flight calls measurably raised garbage-collector
+        work (see docs/benchmarks.md). Only after a transient failure does tenacity take over
+        the remaining attempts, with bounded exponential backoff that honours Retry-After.
+        """
+        try:
+            return await self._attempt_with_fallback(request, output_model)
+        except Exception as exc:
+            if not _is_transient(exc) or self.max_retries == 0:
+                raise
+            first_error = exc
+        self.usage.add(retries=1)
+        await asyncio.sleep(self._wait(_retry_state(1, first_error)))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
+            stop=stop_after_attempt(self.max_retries),
+            # tenacity counts from 1 again; the backoff continues from the bare attempt.
+            wait=lambda state: self._wait(
+                _retry_state(state.attempt_number + 1, state.outcome.exception())  # type: ignore[union-attr,arg-type]
+            ),
             retry=retry_if_exception(_is_transient),
             reraise=True,
             before_sleep=lambda _: self.usage.add(retries=1),
         )
         async for attempt in retrying:
             with attempt:
-                try:
-                    return await self._attempt(request, output_model)
-                except Exception as exc:
-                    if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
-                        raise LMConfigurationError(
-                            f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
-                            "Check the model name, `api_base` and `api_key` (for a server "
-                            "without auth, pass any placeholder key)."
-                        ) from exc
-                    if (
-                        self._mode == "json_schema"
-                        and self.structured_output == "auto"
-                        and _is_unsupported_schema(exc)
-                    ):
-                        logger.info(
-                            "%s does not accept a JSON-schema response_format; "
-                            "falling back to JSON in text.",
-                            self.model,
-                        )
-                        self._mode = "json_text"
-                        request.pop("response_format", None)
-                        return await self._attempt(request, output_model)
-                    raise
+                return await self._attempt_with_fallback(request, output_model)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt_with_fallback(
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        try:
+            return await self._attempt(request, output_model)
+        except Exception as exc:
+            if not self._fall_back_to_text(request, exc):
+                raise
+        # The provider rejected the JSON-schema response_format: same attempt, as text.
+        return await self._attempt(request, output_model)
+
+    def _fall_back_to_text(self, request: dict[str, Any], exc: Exception) -> bool:
+        """Raise for errors no retry can fix; switch to JSON-in-text if the schema was refused.
+
+        Returns:
+            Whether the request was switched to JSON-in-text (and should be sent again).
+
+        Raises:
+            LMConfigurationError: bad credentials, unknown model, no permission.
+        """
+        if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
+            raise LMConfigurationError(
+                f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
+                "Check the model name, `api_base` and `api_key` (for a server "
+                "without auth, pass any placeholder key)."
+            ) from exc
+        if (
+            "response_format" in request
+            and self.structured_output == "auto"
+            and _is_unsupported_schema(exc)
+        ):
+            # Requests already in flight when the first refusal arrived still carry the
+            # schema: each switches on its own refusal, so none of them fails for good.
+            if self._mode == "json_schema":
+                logger.info(
+                    "%s does not accept a JSON-schema response_format; falling back to JSON "
+                    "in text.",
+                    self.model,
+                )
+                self._mode = "json_text"
+            request.pop("response_format", None)
+            return True
+        return False
 
     async def _attempt(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, dict[str, Any], dict[str, Any]]:
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
         async with self._limiter():
             response = await litellm.acompletion(
                 **request,
@@ -414,11 +506,7 @@ class LanguageModel:
             raise InvalidOutputError(
                 f"Reply does not match {output_model.__name__}: {str(exc)[:500]}"
             ) from exc
-        return (
-            value,
-            value.model_dump(mode="json"),
-            {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost": cost},
-        )
+        return value, (prompt_tokens, completion_tokens, cost)
 
 
 def _is_jsonable(value: Any) -> bool:

@@ -20,9 +20,14 @@ from promptfit.errors import ConfigurationError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.language_models.request import build_messages, render_system
 from promptfit.modules.module import Module, SymbolicDataModel
-from promptfit.training.traces import record_trace
+from promptfit.training.traces import _TRACES, record_trace
 
 __all__ = ["Generator", "data_model_config"]
+
+
+def _recording_traces() -> bool:
+    """Whether a ``collect_traces`` block is recording this example's module calls."""
+    return _TRACES.get() is not None
 
 
 def data_model_config(cls: type[DataModel]) -> dict[str, Any]:
@@ -159,9 +164,12 @@ class Generator(Module):
             build_messages(system, pairs, inputs_json), self.output_data_model
         )
         output = generation.value
-        record_trace(
-            self.name, inputs_json, output.model_dump(mode="json") if output is not None else None
-        )
+        if _recording_traces():  # the JSON of the output is only needed for a trace
+            record_trace(
+                self.name,
+                inputs_json,
+                output.model_dump(mode="json") if output is not None else None,
+            )
         return output  # type: ignore[return-value]
 
     def get_config(self) -> dict[str, Any]:

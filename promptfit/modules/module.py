@@ -178,8 +178,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement `async def call`.")
 
     async def __call__(self, *inputs: Any) -> Any:
-        if inputs and any(isinstance(x, SymbolicDataModel) for x in inputs):
-            return self._symbolic_call(*inputs)
+        for x in inputs:  # a plain loop: this runs once per module per example
+            if isinstance(x, SymbolicDataModel):
+                return self._symbolic_call(*inputs)
         if not self.built:
             self.build(*[type(x) for x in inputs if isinstance(x, DataModel)])
         if span_backend() is None:

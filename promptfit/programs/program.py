@@ -199,7 +199,12 @@ class Program(Trainer, Module):
             if isinstance(node.module, InputModule):
                 continue
             args = [values[id(symbol)] for symbol in node.inputs]
-            output = None if any(a is None for a in args) else await node.module(*args)
+            output = None
+            for arg in args:
+                if arg is None:
+                    break
+            else:
+                output = await node.module(*args)
             for symbol in node.outputs:
                 values[id(symbol)] = output
         results = [values[id(symbol)] for symbol in self._output_symbols]
