@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 from promptfit import (
     callbacks,
+    checkpoints,
     data,
     errors,
     language_models,
@@ -37,6 +38,7 @@ from promptfit.modules import (
     Input,
     Module,
 )
+from promptfit.observability import disable_observability, enable_observability
 from promptfit.programs import Program, Sequential
 from promptfit.saving.program_io import load_program
 from promptfit.saving.registry import register_serializable as _register
