@@ -53,6 +53,7 @@ __all__ = [
     "LocalLLM",
     "LocalModelDependencyError",
     "UnknownLocalModelError",
+    "default_n_threads",
     "register_local_provider",
     "render_prompt",
     "resolve_model_path",
@@ -68,7 +69,8 @@ INSTALL_HINT = "pip install 'promptfit[local]'"
 
 DEFAULT_N_CTX = 2048
 """Context window. Enough for instructions plus a dozen short few-shot examples; the KV cache
-of the 270M model at this size is small. Override with ``PROMPTFIT_LOCAL_N_CTX``."""
+of the 270M model at this size is small. Override with ``PROMPTFIT_LOCAL_N_CTX``; the thread
+count (see :func:`default_n_threads`) with ``PROMPTFIT_LOCAL_N_THREADS``."""
 
 DEFAULT_MAX_TOKENS = 128
 """Completion budget when the caller passes none: structured outputs of small programs fit."""
@@ -77,7 +79,10 @@ SCHEMA_MARKER = "Output JSON schema:"
 """How promptfit's system message introduces the schema (see ``request.render_system``)."""
 
 INPUT_PREFIX = "Input: "
-OUTPUT_PREFIX = "Output: "
+OUTPUT_PREFIX = "Output:\n"
+"""The output goes on its own line. The grammar makes the output start with ``{``; after a
+line break that is the very token the examples have there, whereas right after ``Output:`` the
+examples' token would be `` {"`` (space included), which the grammar forbids."""
 _FREE_TEXT_STOPS = ("\n\n", "\nInput:")
 """Without a grammar nothing else ends a base model's output: stop where the next example
 would begin (every rendered example is one line plus a blank line)."""
@@ -184,7 +189,8 @@ def render_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
         - label: ...
 
         Input: {"review": "..."}
-        Output: {"label": "positive"}
+        Output:
+        {"label": "positive"}
 
         Input: {"review": "..."}
         Output:
@@ -199,8 +205,8 @@ def render_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     does not end with a ``user`` message, no trailing ``Output:`` is added.
 
     Returns:
-        The prompt; it ends with ``"Output:"`` (no trailing space, so the model's first token
-        can be the usual space-prefixed one, as in the examples).
+        The prompt. It ends with ``Output:`` and a line break, exactly where each example's
+        output begins, so the first generated token is the one the examples put there.
     """
     preamble: list[str] = []
     blocks: list[str] = []
@@ -229,7 +235,7 @@ def render_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     sections = ["\n".join(preamble)] if preamble else []
     sections.extend(blocks)
     if pending_input is not None:
-        sections.append(f"{pending_input}\n{OUTPUT_PREFIX.rstrip()}")
+        sections.append(f"{pending_input}\n{OUTPUT_PREFIX}")
     return "\n\n".join(sections)
 
 
@@ -313,11 +319,25 @@ def resolve_model_path(name: str) -> Path:
         return _assembled[name]
 
 
-def _n_ctx() -> int:
+def _env_int(name: str, default: int) -> int:
+    """A positive integer from the environment, else ``default`` (a bad value is ignored)."""
     try:
-        return int(os.environ.get("PROMPTFIT_LOCAL_N_CTX", DEFAULT_N_CTX))
+        value = int(os.environ.get(name, default))
     except ValueError:
-        return DEFAULT_N_CTX
+        return default
+    return value if value > 0 else default
+
+
+def default_n_threads() -> int:
+    """Threads for llama.cpp: half the logical CPUs (about the physical cores), at most 4.
+
+    Not all CPUs: llama.cpp's OpenMP threads spin-wait for each other after every operation, so
+    when any other process competes for the cores, one descheduled thread stalls the rest. On a
+    busy 2-CPU machine, 2 threads measured 9.6-13 s per sentiment call against 0.46-0.52 s for
+    1 thread (``benchmarks/local_model_sentiment.py``). A 270M model's operations are also
+    too small to gain much beyond a few threads. ``PROMPTFIT_LOCAL_N_THREADS`` overrides this.
+    """
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 @dataclass
@@ -347,10 +367,14 @@ def _load(name: str) -> _LoadedModel:
                 f"Install it with: {INSTALL_HINT}",
                 model=name,
             ) from error
+        # The same count serves prompt processing: llama-cpp-python would otherwise use all
+        # CPUs there, whatever n_threads says. See default_n_threads for the default.
+        n_threads = _env_int("PROMPTFIT_LOCAL_N_THREADS", default_n_threads())
         llama = Llama(
             model_path=str(path),
-            n_ctx=_n_ctx(),
-            n_threads=os.cpu_count() or 1,
+            n_ctx=_env_int("PROMPTFIT_LOCAL_N_CTX", DEFAULT_N_CTX),
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
             verbose=False,
         )
         loaded = _models[path] = _LoadedModel(llama)
@@ -433,7 +457,10 @@ def _generate(
     with loaded.lock:
         llama = loaded.llama
         n_ctx = llama.n_ctx()
-        n_prompt = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+        # Tokenize here, not in create_completion: the count is needed for the context check,
+        # and special=False keeps text such as "<eos>" in user data from becoming control tokens.
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        n_prompt = len(tokens)
         if n_prompt >= n_ctx:
             raise litellm.ContextWindowExceededError(
                 message=(
@@ -445,7 +472,7 @@ def _generate(
                 llm_provider=PROVIDER,
             )
         result = llama.create_completion(
-            prompt,
+            tokens,
             max_tokens=max_tokens,
             temperature=float(temperature) if temperature is not None else 0.0,
             top_p=float(params.get("top_p", 1.0)),

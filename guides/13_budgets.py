@@ -1,0 +1,135 @@
+"""Guide 13: budgets, BudgetStopping and TerminateOnError.
+
+A neural network's epoch costs electricity; a prompt-training epoch costs an invoice. Two
+callbacks put a ceiling on that:
+
+* ``BudgetStopping(max_cost=..., max_tokens=..., max_calls=...)`` stops training once the run
+  has consumed a budget. It counts *every* LM of the run (the program's, an ``LMAsJudge``
+  reward's, the optimizer's proposer) and every call made during ``fit``, validation and
+  callbacks included. It checks after each training batch and each epoch, so the spend can
+  exceed the limit by at most one batch (or one validation pass). Stopping is graceful:
+  validation and ``on_epoch_end`` still run, so checkpoints and logs see the last epoch. With
+  ``BackupAndRestore``, a resumed run continues counting from what was already spent.
+* ``TerminateOnError`` is promptfit's ``TerminateOnNaN``. A failed LM call does not crash
+  ``fit`` (the prediction is ``None`` and scores 0), which keeps one flaky request from killing
+  a long run. But when the provider is down, the quota is exhausted or the model cannot
+  produce the schema, every batch then "trains" on zeros while paying for retries. This
+  callback stops the run when a batch's predictions fail (``max_failure_rate``, by default
+  1.0: all of them) or when failed calls in an epoch reach ``max_failed_calls``.
+
+Cost comes from litellm's price table for hosted models. The local and test models are free,
+so this guide gives its model a made-up price (litellm's ``input_cost_per_token`` and
+``output_cost_per_token``, passed through ``pf.LanguageModel``) to show ``max_cost`` at work.
+
+Run it::
+
+    python guides/13_budgets.py --lm fake
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from _common import cli, describe_backend, language_model, section
+
+import promptfit as pf
+
+
+class Query(pf.DataModel):
+    question: str = pf.Field(description="An arithmetic question")
+
+
+class Answer(pf.DataModel):
+    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
+
+
+def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    pairs = [(i + offset, 9 * i + 4) for i in range(n)]
+    return (
+        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
+        [{"answer": str(a + b)} for a, b in pairs],
+    )
+
+
+async def calculator(lm: pf.LanguageModel) -> pf.Program:
+    inputs = pf.Input(data_model=Query)
+    outputs = await pf.Generator(
+        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
+    )(inputs)
+    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
+    program.compile(
+        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
+        optimizer=pf.optimizers.RandomFewShot(k=2),
+    )
+    return program
+
+
+async def main() -> None:
+    cli(__doc__)
+    print("Backend:", describe_backend())
+    x, y = arithmetic(8)
+    validation = arithmetic(2, offset=30)
+
+    section("1. A budget of LM calls")
+    program = await calculator(language_model("arith", min_examples=2))
+    budget = pf.callbacks.BudgetStopping(max_calls=20, verbose=1)
+    history = await program.fit(
+        x, y, epochs=10, batch_size=4, validation_data=validation, callbacks=[budget], verbose=0
+    )
+    print(f"ran {len(history.epoch)} of 10 epochs; stopped_reason={budget.stopped_reason}")
+    print("consumed:", budget.consumed)
+
+    section("2. A budget in money")
+    # litellm warns that a custom price has no cache pricing; irrelevant here.
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+    priced = language_model(
+        "arith",
+        min_examples=2,
+        tag="priced",
+        input_cost_per_token=5e-6,  # a made-up $5 per million prompt tokens
+        output_cost_per_token=15e-6,  # and $15 per million completion tokens
+    )
+    program = await calculator(priced)
+    budget = pf.callbacks.BudgetStopping(max_cost=0.01, verbose=1)
+    history = await program.fit(
+        x, y, epochs=10, batch_size=4, validation_data=validation, callbacks=[budget], verbose=0
+    )
+    print("cost per epoch:", [round(c, 5) for c in history.history["cost"]])
+    print(f"ran {len(history.epoch)} of 10 epochs; spent ${budget.consumed['cost']:.5f}")
+
+    section("3. Several limits: the first one reached stops the run")
+    program = await calculator(language_model("arith", min_examples=2, tag="tokens"))
+    budget = pf.callbacks.BudgetStopping(max_tokens=2_000, max_calls=1_000)
+    history = await program.fit(x, y, epochs=10, batch_size=4, callbacks=[budget], verbose=0)
+    print(f"stopped_reason={budget.stopped_reason}, tokens={budget.consumed['tokens']}")
+    print("its configuration:", budget.get_config())
+
+    section("4. TerminateOnError: stop paying for a dead provider")
+    # A provider that cannot be reached: nothing listens on port 9. Every call fails after
+    # its retries and becomes a None prediction, so without the callback fit would go on.
+    dead = pf.LanguageModel(
+        model="openai/any-model",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="sk-unused",
+        max_retries=1,
+        retry_min_wait=0.01,
+    )
+    program = await calculator(dead)
+    guard = pf.callbacks.TerminateOnError()  # default: stop when a whole batch failed
+    history = await program.fit(x, y, epochs=5, batch_size=4, callbacks=[guard], verbose=0)
+    print(f"ran {len(history.epoch)} of 5 epochs, {history.history['failed_calls']} failed calls")
+    print("stopped_reason:", guard.stopped_reason)
+
+    section("5. A stricter guard: a share of failures, or a count per epoch")
+    # fail_first=1 with max_retries=0: on the fake backend, the first attempt of every request
+    # fails (a flaky provider). Other backends rarely fail, and the guard stays quiet.
+    flaky = language_model("arith", fail_first=1, tag="flaky", max_retries=0)
+    program = await calculator(flaky)
+    guard = pf.callbacks.TerminateOnError(max_failure_rate=0.5, max_failed_calls=3)
+    history = await program.fit(x, y, epochs=3, batch_size=4, callbacks=[guard], verbose=0)
+    print(f"ran {len(history.epoch)} of 3 epochs; stopped_reason: {guard.stopped_reason}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
