@@ -272,6 +272,38 @@ def test_temperature_zero_is_deterministic(local_model: str) -> None:
 
 
 @pytest.mark.local_model
+def test_schema_the_grammar_cannot_express_is_a_bad_request(
+    clean_provider_map: list[dict[str, Any]],
+) -> None:
+    """A BadRequestError naming json_schema, which LanguageModel answers with JSON-in-text."""
+    pytest.importorskip("llama_cpp", reason=SKIP_REASON)
+    local.register_local_provider()
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "odd", "schema": {"not": {"type": "string"}}, "strict": True},
+    }
+    with pytest.raises(litellm.BadRequestError, match="json_schema"):
+        litellm.completion(
+            model=MODEL,
+            messages=[{"role": "user", "content": "{}"}],
+            response_format=response_format,
+        )
+
+
+@pytest.mark.local_model
+def test_a_broken_user_gguf_is_a_bad_request(
+    clean_provider_map: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """A file llama.cpp cannot load fails once, clearly, and is not retried as transient."""
+    pytest.importorskip("llama_cpp", reason=SKIP_REASON)
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"not a model")
+    local.register_local_provider(f"local/{path}")
+    with pytest.raises(litellm.BadRequestError, match="could not load"):
+        litellm.completion(model=f"local/{path}", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.local_model
 def test_prompt_longer_than_the_context_window_fails_clearly(local_model: str) -> None:
     """An over-long prompt is a ContextWindowExceededError, not a crash or a silent cut."""
     messages = [{"role": "user", "content": "word " * 5000}]

@@ -232,7 +232,7 @@ class LanguageModel:
         if model.startswith("local/"):
             from promptfit.language_models.local import register_local_provider
 
-            register_local_provider()
+            register_local_provider(model)
 
     # -- configuration -------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -266,8 +267,9 @@ def _require(module: str, what: str, model: str) -> None:
 
 def _unknown(name: str) -> UnknownLocalModelError:
     known = ", ".join(f"{PROVIDER}/{known}" for known in KNOWN_MODELS)
+    missing = " (no such file)" if name.lower().endswith(".gguf") else ""
     return UnknownLocalModelError(
-        f"Unknown local model {name!r}. Known models: {known}; or pass "
+        f"Unknown local model {name!r}{missing}. Known models: {known}; or pass "
         f"'{PROVIDER}/<path to a .gguf file>' for your own GGUF model.",
         model=name,
     )
@@ -361,7 +363,7 @@ def _load(name: str) -> _LoadedModel:
             return loaded
         try:
             from llama_cpp import Llama
-        except ImportError as error:
+        except (ImportError, OSError, RuntimeError) as error:  # also: its shared lib won't load
             raise LocalModelDependencyError(
                 f"The local model {name!r} needs llama-cpp-python ({error}). "
                 f"Install it with: {INSTALL_HINT}",
@@ -370,26 +372,56 @@ def _load(name: str) -> _LoadedModel:
         # The same count serves prompt processing: llama-cpp-python would otherwise use all
         # CPUs there, whatever n_threads says. See default_n_threads for the default.
         n_threads = _env_int("PROMPTFIT_LOCAL_N_THREADS", default_n_threads())
-        llama = Llama(
-            model_path=str(path),
-            n_ctx=_env_int("PROMPTFIT_LOCAL_N_CTX", DEFAULT_N_CTX),
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            verbose=False,
-        )
+        try:
+            llama = Llama(
+                model_path=str(path),
+                n_ctx=_env_int("PROMPTFIT_LOCAL_N_CTX", DEFAULT_N_CTX),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as error:
+            # Not a transient failure (litellm would call a bare exception a connection error).
+            raise litellm.BadRequestError(
+                message=f"The local model {name!r} could not load {path}: {error}",
+                model=name,
+                llm_provider=PROVIDER,
+            ) from error
+        if not _models:
+            atexit.register(_close_models)
         loaded = _models[path] = _LoadedModel(llama)
         return loaded
+
+
+def _close_models() -> None:
+    """Free the models at exit, while the interpreter is still whole.
+
+    Left to ``Llama.__del__`` during interpreter teardown, freeing runs after llama_cpp's module
+    globals are gone and prints an "Exception ignored" traceback. A model still busy in another
+    thread is left alone.
+    """
+    with _models_lock:
+        for loaded in _models.values():
+            if loaded.lock.acquire(timeout=1.0):
+                try:
+                    loaded.llama.close()
+                finally:
+                    loaded.lock.release()
+        _models.clear()
 
 
 _grammars: dict[str, LlamaGrammar] = {}
 _grammars_lock = threading.Lock()
 
 
-def _grammar_for(schema: Mapping[str, Any] | None) -> LlamaGrammar:
+def _grammar_for(schema: Mapping[str, Any] | None, name: str) -> LlamaGrammar:
     """A llama.cpp grammar for a JSON schema (``None``: any JSON object), cached by schema.
 
     Converting a schema to GBNF is slow relative to a short generation, and a program sends the
     same schema on every call.
+
+    Raises:
+        litellm.BadRequestError: the schema uses something the grammar converter cannot express.
     """
     from llama_cpp import LlamaGrammar
     from llama_cpp.llama_grammar import JSON_GBNF
@@ -398,10 +430,22 @@ def _grammar_for(schema: Mapping[str, Any] | None) -> LlamaGrammar:
     with _grammars_lock:
         grammar = _grammars.get(key)
         if grammar is None:
-            if schema is None:
-                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-            else:
-                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            try:
+                if schema is None:
+                    grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                else:
+                    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            except Exception as error:  # the converter raises AssertionError, among others
+                # A BadRequestError naming response_format/json_schema: promptfit's
+                # LanguageModel then retries the call with JSON in text instead.
+                raise litellm.BadRequestError(
+                    message=(
+                        f"The local model cannot enforce this response_format json_schema "
+                        f"with a llama.cpp grammar: {error}"
+                    ),
+                    model=name,
+                    llm_provider=PROVIDER,
+                ) from error
             _grammars[key] = grammar
         return grammar
 
@@ -448,8 +492,9 @@ def _generate(
     temperature = params.get("temperature")
     seed = params.get("seed")
 
+    # The grammar first: an unusable schema should fail before a model is loaded.
+    grammar = _grammar_for(schema, name) if constrained else None
     loaded = _load(name)
-    grammar = _grammar_for(schema) if constrained else None
     stop = _stop_list(params.get("stop"))
     if grammar is None:
         stop = [*stop, *(s for s in _FREE_TEXT_STOPS if s not in stop)]
