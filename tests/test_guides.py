@@ -113,6 +113,7 @@ def test_script_runs_on_the_test_server(
     script: Path, script_runs: dict[Path, Future[ScriptRun]]
 ) -> None:
     run = script_runs[script].result()
+    print(f"{_script_id(script)}: {run.seconds:.1f} s")  # shown with pytest -rP
     assert run.returncode == 0, f"{_script_id(script)} failed: {run.report()}"
     assert "Traceback" not in run.stderr, run.report()
     assert "fake test server" in run.stdout, "the script must say which backend it used"

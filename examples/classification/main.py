@@ -21,46 +21,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
-from importlib.resources import files
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "guides"))
 from _common import add_arguments, cli, describe_backend, language_model, output_dir, section
 
 import promptfit as pf
 from promptfit.checkpoints import best_checkpoint
+from promptfit.datasets import Review, Sentiment, load_reviews
 
 
-class Review(pf.DataModel):
-    review: str = pf.Field(description="A short product or movie review")
-
-
-class Sentiment(pf.DataModel):
-    label: Literal["positive", "negative"] = pf.Field(
-        description="Whether the review is positive or negative"
-    )
-
-
-def load_reviews() -> list[dict[str, str]]:
-    """The shipped dataset: one ``{"review": ..., "label": ...}`` per line."""
-    text = files("promptfit").joinpath("datasets/reviews.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def split(
-    rows: list[dict[str, str]], seed: int = 0
-) -> dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]]:
-    """Shuffle once with a fixed seed, then cut train / validation / test (24 / 12 / 24)."""
-    rows = list(rows)
+def split(seed: int = 0) -> dict[str, tuple[list[Review], list[Sentiment]]]:
+    """Shuffle the shipped reviews once with a fixed seed, then cut train / validation / test
+    (24 / 12 / 24)."""
+    x, y = load_reviews()
+    rows = list(zip(x, y, strict=True))
     random.Random(seed).shuffle(rows)
     parts = {"train": rows[:24], "validation": rows[24:36], "test": rows[36:]}
     return {
-        name: ([{"review": r["review"]} for r in part], [{"label": r["label"]} for r in part])
-        for name, part in parts.items()
+        name: ([r for r, _ in part], [label for _, label in part]) for name, part in parts.items()
     }
 
 
@@ -90,7 +71,7 @@ async def main() -> None:
     args = cli(parser=parser)
     print("Backend:", describe_backend())
     out = output_dir()
-    data = split(load_reviews())
+    data = split()
 
     # On the fake backend, min_examples=2 simulates a model that needs demonstrations.
     lm = language_model("sentiment", min_examples=2, max_concurrency=8)

@@ -13,6 +13,7 @@ from typing import Any
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
+from promptfit.saving.documents import DocumentError, parse_document
 
 __all__ = ["BackupAndRestore"]
 
@@ -331,18 +332,9 @@ class BackupAndRestore(Callback):
 def _parse(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
     """``(problem, payload)``: exactly one is ``None``."""
     try:
-        payload = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"is not valid JSON: {error}", None
-    if not isinstance(payload, dict) or payload.get("format") != BACKUP_FORMAT:
-        return f"is not a promptfit backup (no format tag {BACKUP_FORMAT!r})", None
-    version = payload.get("version")
-    if version != BACKUP_VERSION:
-        return (
-            f"has backup format version {version!r}, but this promptfit reads version "
-            f"{BACKUP_VERSION}",
-            None,
-        )
+        payload = parse_document(raw, BACKUP_FORMAT, BACKUP_VERSION)
+    except DocumentError as error:
+        return str(error), None
     fit_state = payload.get("fit_state")
     if not isinstance(fit_state, dict):
         return "has no fit state", None

@@ -30,7 +30,6 @@ end-of-epoch saves); entries are in save order, so the last one is the latest.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 from promptfit.errors import CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_json
+from promptfit.saving.documents import DocumentError, parse_document
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -167,23 +167,12 @@ class CheckpointManifest:
         except OSError as exc:
             raise CheckpointError(f"Cannot read the checkpoint manifest {path}: {exc}.") from exc
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = parse_document(text, MANIFEST_FORMAT, MANIFEST_VERSION)
+        except DocumentError as error:
             raise CheckpointError(
-                f"The checkpoint manifest {path} is corrupt (not valid JSON: {exc}). Delete it to "
-                "start a fresh manifest; the checkpoint files themselves are untouched."
-            ) from exc
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-            raise CheckpointError(
-                f"{path} is not a promptfit checkpoint manifest (expected format "
-                f"{MANIFEST_FORMAT!r}). Delete or move it."
-            )
-        version = data.get("version")
-        if not isinstance(version, int) or version > MANIFEST_VERSION:
-            raise CheckpointError(
-                f"{path} has manifest version {version!r}; this promptfit reads versions up to "
-                f"{MANIFEST_VERSION}. Upgrade promptfit to read it."
-            )
+                f"The checkpoint manifest {path} {error}. Delete or move it to start a fresh "
+                "manifest; the checkpoint files themselves are untouched."
+            ) from error
         entries = data.get("checkpoints")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise CheckpointError(

@@ -8,7 +8,7 @@ fails before any LM money is spent, with the row and field that is wrong.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -46,23 +46,25 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> list[DataModel]:
-    """Validate ``data`` against ``data_model`` and return one instance per row."""
-    rows = _rows(data, what)
-    out: list[DataModel] = []
-    for index, row in enumerate(rows):
-        if isinstance(row, data_model):
-            out.append(row)
-            continue
-        if isinstance(row, pydantic.BaseModel):
-            row = row.model_dump()
-        if not isinstance(row, dict):
+def _validated(
+    data: Any,
+    data_model: type[DataModel],
+    what: str,
+    validate: Callable[[Any], Any],
+    dump: Callable[[pydantic.BaseModel], Any],
+) -> list[Any]:
+    """Run ``validate`` on every row, turning a failure into a DataError naming row and fields."""
+    out: list[Any] = []
+    for index, row in enumerate(_rows(data, what)):
+        if isinstance(row, pydantic.BaseModel) and not isinstance(row, data_model):
+            row = dump(row)
+        if not isinstance(row, dict | data_model):
             raise DataError(
                 f"`{what}[{index}]` is a {type(row).__name__}; expected a dict or "
                 f"{data_model.__name__}."
             )
         try:
-            out.append(data_model.model_validate(row))
+            out.append(validate(row))
         except pydantic.ValidationError as exc:
             fields = sorted(data_model.model_fields)
             raise DataError(
@@ -70,6 +72,17 @@ def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> l
                 f"{exc.errors(include_url=False)}"
             ) from exc
     return out
+
+
+def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> list[DataModel]:
+    """Validate ``data`` against ``data_model`` and return one instance per row."""
+    return _validated(
+        data,
+        data_model,
+        what,
+        lambda row: row if isinstance(row, data_model) else data_model.model_validate(row),
+        lambda model: model.model_dump(),
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,21 +106,12 @@ def to_targets(data: Any, data_model: type[DataModel], what: str = "y") -> list[
     fails. Rows come back as JSON-ready dicts holding only the fields given.
     """
     target = _target_model(data_model)
-    out: list[dict[str, Any]] = []
-    for index, row in enumerate(_rows(data, what)):
-        if isinstance(row, pydantic.BaseModel):
-            row = row.model_dump(mode="json", exclude_unset=True)
-        if not isinstance(row, dict):
-            raise DataError(
-                f"`{what}[{index}]` is a {type(row).__name__}; expected a dict or "
-                f"{data_model.__name__}."
-            )
-        try:
-            out.append(target.model_validate(row).model_dump(mode="json", exclude_unset=True))
-        except pydantic.ValidationError as exc:
-            fields = sorted(data_model.model_fields)
-            raise DataError(
-                f"`{what}[{index}]` does not match {data_model.__name__} (fields: {fields}): "
-                f"{exc.errors(include_url=False)}"
-            ) from exc
-    return out
+    return _validated(
+        data,
+        data_model,
+        what,
+        lambda row: target.model_validate(
+            row.model_dump(mode="json", exclude_unset=True) if isinstance(row, data_model) else row
+        ).model_dump(mode="json", exclude_unset=True),
+        lambda model: model.model_dump(mode="json", exclude_unset=True),
+    )

@@ -17,6 +17,7 @@ from promptfit import __version__
 from promptfit.errors import SerializationError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.saving.atomic import atomic_write_json
+from promptfit.saving.documents import DocumentError, parse_document
 from promptfit.saving.registry import get_registered_object, registered_name
 
 if TYPE_CHECKING:
@@ -145,21 +146,9 @@ def read_json_file(path: str | os.PathLike[str], expected_format: str) -> dict[s
     except FileNotFoundError:
         raise SerializationError(f"No such file: {path}.") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"{path} is not valid JSON ({exc}); the file is corrupt.") from exc
-    if not isinstance(data, dict) or data.get("format") != expected_format:
-        raise SerializationError(
-            f"{path} is not a {expected_format} file (format tag: "
-            f"{data.get('format') if isinstance(data, dict) else None!r})."
-        )
-    version = data.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SerializationError(
-            f"{path} has format version {version!r}; this promptfit reads versions up to "
-            f"{FORMAT_VERSION}. Upgrade promptfit to load it."
-        )
-    return data
+        return parse_document(text, expected_format, FORMAT_VERSION)
+    except DocumentError as error:
+        raise SerializationError(f"{path} {error}.") from error
 
 
 def save_program(program: Program, path: str | os.PathLike[str]) -> Path:
