@@ -102,11 +102,14 @@ async def main() -> None:
     print("usage :", broken.usage)
 
     section("4. Errors no retry can fix stop the run at once")
+    # A typo in the model name: retrying cannot help, so it is an error, not a recorded
+    # failure. An unknown local model is caught as soon as the client is built; a provider
+    # that rejects the key or the model raises LMConfigurationError at the first call.
     try:
-        typo = pf.LanguageModel(model="local/gemma-3-270mm")  # a typo in the model name
+        typo = pf.LanguageModel(model="local/gemma-3-270mm")
         await typo.generate([{"role": "user", "content": "hi"}], Answer)
-    except LMConfigurationError as error:
-        print("LMConfigurationError:", str(error)[:110], "...")
+    except (LMConfigurationError, ValueError) as error:
+        print(f"{type(error).__name__}:", str(error)[:110], "...")
 
     section("5. The response cache")
     lm = language_model("arith")

@@ -132,6 +132,7 @@ async def main() -> None:
 
     section("4. Browse it")
     print(f"mlflow ui --backend-store-uri {tracking_uri}")
+    print("(the store is deleted at exit unless the guide runs with --out DIR)")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ async def main() -> None:
     after = client.search_traces(locations=[experiment.experiment_id], max_results=1000)
     print("traces in the store:", len(after), "(the last call was not traced)")
     print(f"browse: mlflow ui --backend-store-uri {uri}")
+    print("(the store is deleted at exit unless the guide runs with --out DIR)")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ async def main() -> None:
     program = await calculator(dead)
     guard = pf.callbacks.TerminateOnError()  # default: stop when a whole batch failed
     history = await program.fit(x, y, epochs=5, batch_size=4, callbacks=[guard], verbose=0)
+    # 8 failed calls for 4 examples: the optimizer also scored a candidate prompt on the batch.
     print(f"ran {len(history.epoch)} of 5 epochs, {history.history['failed_calls']} failed calls")
     print("stopped_reason:", guard.stopped_reason)
 
