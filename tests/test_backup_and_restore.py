@@ -615,3 +615,32 @@ def test_unexpected_format_version_is_reported(build: Callable[..., Any], tmp_pa
 
     with pytest.raises(CheckpointError, match="version 99"):
         asyncio.run(run())
+
+
+def test_resume_with_another_verbosity_does_not_warn(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The progress bar is stateless: adding it on resume is not a changed callback list."""
+    import warnings
+
+    class CrashAtEpoch1(pf.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    async def run(crash: bool, verbose: int) -> Any:
+        program = await calc_program("arith", min_examples=2)
+        callbacks: list[Any] = [pf.callbacks.BackupAndRestore(str(tmp_path / "b"))]
+        if crash:
+            callbacks.insert(0, CrashAtEpoch1())
+        x, y = arithmetic_data(6)
+        return await program.fit(
+            x, y, epochs=2, batch_size=3, callbacks=callbacks, verbose=verbose, seed=0
+        )
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        asyncio.run(run(crash=True, verbose=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        history = asyncio.run(run(crash=False, verbose=2))
+    assert history.epoch == [0, 1]

@@ -291,7 +291,9 @@ class BackupAndRestore(Callback):
         if state.callbacks is None:
             return
         current = {
-            state.callback_key(i, cb) for i, cb in enumerate(state.callbacks) if cb is not self
+            state.callback_key(i, cb)
+            for i, cb in enumerate(state.callbacks)
+            if cb is not self and cb.state_dict()
         }
         missing = sorted(set(saved) - current)
         new = sorted(k for k in current - set(saved))

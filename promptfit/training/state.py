@@ -123,8 +123,10 @@ class FitState:
         callbacks: dict[str, Any] = {}
         if self.callbacks is not None:
             for index, callback in enumerate(self.callbacks):
-                if callback is not exclude:
-                    callbacks[self.callback_key(index, callback)] = callback.state_dict()
+                # Stateless callbacks (a progress bar) are not keyed, so adding or dropping one
+                # between a crash and the resume is not reported as a changed callback list.
+                if callback is not exclude and (state := callback.state_dict()):
+                    callbacks[self.callback_key(index, callback)] = state
         lms = program.all_language_models()
         return {
             "seed": self.seed,
