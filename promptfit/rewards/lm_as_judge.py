@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from promptfit.data.data_model import DataModel, Field, json_schema_text
@@ -66,7 +65,7 @@ class LMAsJudge(Reward):
             "ground_truth": masked(y_true, self.in_mask, self.out_mask),
             "prediction": masked(y_pred, self.in_mask, self.out_mask),
         }
-        messages = build_messages(self._system, [], json.loads(json.dumps(payload)))
+        messages = build_messages(self._system, [], payload)
         generation = await self.language_model.generate(messages, JudgeVerdict)
         if generation.value is None:
             return 0.0
