@@ -39,7 +39,9 @@ def _quickstart(server: FakeLLMServer, out: Path, *extra: str) -> subprocess.Com
     )
 
 
-def test_quickstart_improves_and_writes_everything(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+def test_quickstart_improves_and_writes_everything(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
     done = _quickstart(llm_server, tmp_path / "run")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "validation accuracy" in done.stdout

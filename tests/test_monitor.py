@@ -341,15 +341,20 @@ def test_run_params_metrics_artifacts_and_traces(
         locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=50
     )
     assert traces
-    trace = next(t for t in traces if any(s.span_type == "CHAT_MODEL" for s in t.data.spans))
+    # Epoch 2 repeats some epoch-1 requests, so some LM spans are (correctly) cache hits; the
+    # detailed checks use one that really went to the server.
+    lm_spans = [
+        (t, s) for t in traces for s in t.data.spans if s.span_type == "CHAT_MODEL"
+    ]
+    assert lm_spans and all(isinstance(s.attributes["cache_hit"], bool) for _, s in lm_spans)
+    trace, lm_span = next((t, s) for t, s in lm_spans if s.attributes["cache_hit"] is False)
     by_id = {s.span_id: s for s in trace.data.spans}
-    lm_span = next(s for s in trace.data.spans if s.span_type == "CHAT_MODEL")
     module_span = by_id[lm_span.parent_id]
     program_span = by_id[module_span.parent_id]
     assert module_span.name == "answer" and program_span.name == "calc"
     assert program_span.parent_id is None
     attributes = lm_span.attributes
-    assert attributes["model"].startswith("openai/arith") and attributes["cache_hit"] is False
+    assert attributes["model"].startswith("openai/arith")
     assert attributes["prompt_tokens"] > 0 and attributes["latency_s"] > 0
     assert attributes["mlflow.chat.tokenUsage"]["total_tokens"] > 0
     assert lm_span.inputs["messages"] and lm_span.outputs["answer"]

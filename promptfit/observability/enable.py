@@ -56,10 +56,13 @@ DEFAULT_EXPERIMENT_NAME = "promptfit"
 # with exponential backoff (minutes) and waits 120 s per request. One retry is kept because
 # urllib3 makes the first retry immediately, which absorbs a stale keep-alive connection after
 # a server restart; a dead server is then detected at once (connection refused) and a hung one
-# within 2 x 3 s.
+# within 2 x 10 s. The timeout is not lower because a busy server (one worker, a SQLite backend,
+# trace uploads queued behind metric writes) can take several seconds to answer, and a request
+# that times out is a lost trace; every upload runs off the event loop, so waiting never stalls
+# training.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
 
