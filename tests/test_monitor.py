@@ -343,9 +343,7 @@ def test_run_params_metrics_artifacts_and_traces(
     assert traces
     # Epoch 2 repeats some epoch-1 requests, so some LM spans are (correctly) cache hits; the
     # detailed checks use one that really went to the server.
-    lm_spans = [
-        (t, s) for t in traces for s in t.data.spans if s.span_type == "CHAT_MODEL"
-    ]
+    lm_spans = [(t, s) for t in traces for s in t.data.spans if s.span_type == "CHAT_MODEL"]
     assert lm_spans and all(isinstance(s.attributes["cache_hit"], bool) for _, s in lm_spans)
     trace, lm_span = next((t, s) for t, s in lm_spans if s.attributes["cache_hit"] is False)
     by_id = {s.span_id: s for s in trace.data.spans}
