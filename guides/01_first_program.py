@@ -95,7 +95,9 @@ async def main() -> None:
     path = program.save(output_dir() / "calculator.json")
     print("saved to", path)
     # A program file holds structure and variables as JSON, never an API key. Hand the loader
-    # the live client (or an api_key) to reconnect it.
+    # the live client (or an api_key) to reconnect it. Like keras.saving.load_model, the loader
+    # runs in safe_mode: a file that would send requests to a non-local api_base is refused
+    # unless you pass your own client as here, or safe_mode=False for a file you trust.
     restored = pf.load_program(path, language_models={lm.name: lm})
     print("loaded:", restored.name, [m.name for m in restored.modules])
     print("same variables:", restored.get_variables() == program.get_variables())
@@ -120,6 +122,13 @@ async def main() -> None:
     subclassed = Calculator()
     print("Subclassed variables:", [v.path for v in subclassed.trainable_variables])
     print("Subclassed answer:", await subclassed(Query(question="What is 4 * 6?")))
+    # A subclass is code, not a graph: a file rebuilds it only if the class is registered and
+    # defines get_config()/from_config() (as in Keras). Simplest: build it in code and load the
+    # trained variables into it.
+    subclassed.save_variables(output_dir() / "calculator_sub.variables.json")
+    again = Calculator()
+    again.load_variables(output_dir() / "calculator_sub.variables.json")
+    print("Subclassed variables restored:", again.get_variables() == subclassed.get_variables())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ __all__ = [
     "MonitorKeyError",
     "PromptfitError",
     "SerializationError",
+    "UnsafeFileError",
     "VariableValidationError",
 ]
 
@@ -38,6 +39,12 @@ class VariableValidationError(PromptfitError, ValueError):
 
 class SerializationError(PromptfitError, ValueError):
     """A saved file cannot be read safely (bad format, unknown class, wrong version)."""
+
+
+class UnsafeFileError(SerializationError):
+    """A saved file asks for something that could leak credentials or touch the file system
+    outside the working directory (a remote endpoint, extra litellm arguments, a cache path),
+    and the loader runs in ``safe_mode``."""
 
 
 class LMConfigurationError(PromptfitError, RuntimeError):

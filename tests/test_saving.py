@@ -158,3 +158,123 @@ def test_missing_key_is_a_configuration_error(
     loaded = pf.load_program(tmp_path / "p.json")
     with pytest.raises(pf.errors.LMConfigurationError, match="api_key"):
         asyncio.run(loaded(Query(question="What is 1 + 2?")))
+
+
+# -- program styles ----------------------------------------------------------------------------
+def test_sequential_round_trip(make_lm: Callable[..., pf.LanguageModel], tmp_path: Path) -> None:
+    lm = make_lm("arith")
+    program = pf.Sequential(
+        [pf.Input(data_model=Query), pf.Generator(data_model=Answer, language_model=lm)],
+        name="seq",
+    )
+    program.save(tmp_path / "seq.json")
+    loaded = pf.load_program(tmp_path / "seq.json", language_models={lm.name: lm})
+    assert type(loaded) is pf.Sequential and loaded.name == "seq"
+    assert loaded.get_variables() == program.get_variables()
+    assert asyncio.run(loaded(Query(question="What is 4 + 4?"))).answer == "8"
+
+
+@pf.saving.register_serializable(package="tests")
+class SubCalc(pf.Program):
+    """A subclassed program whose constructor needs a client: not rebuildable by itself."""
+
+    def __init__(self, lm: pf.LanguageModel, name: str = "subcalc", **kwargs: Any) -> None:
+        super().__init__(name=name, input_data_model=Query, output_data_model=Answer)
+        self.solver = pf.Generator(data_model=Answer, language_model=lm, name="sub_solver")
+
+    async def call(self, inputs: Query) -> Any:
+        return await self.solver(inputs)
+
+
+@pf.saving.register_serializable(package="tests")
+class SubCalcWithConfig(SubCalc):
+    """The Keras recipe: from_config receives the clients and rebuilds the program."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> pf.Program:
+        (lm,) = (kwargs.get("language_models") or {}).values()
+        return cls(lm, name=config["name"])
+
+
+def test_subclassed_program_needs_its_own_from_config(
+    make_lm: Callable[..., pf.LanguageModel], tmp_path: Path
+) -> None:
+    lm = make_lm("arith")
+    program = SubCalc(lm)
+    program.solver.prompt.assign({**program.solver.prompt.value, "instructions": "Be exact."})
+    path = program.save(tmp_path / "sub.json")
+
+    with pytest.raises(SerializationError, match=r"get_config\(\) must return every argument"):
+        pf.load_program(path)
+    with pytest.raises(SerializationError, match="`language_models=` would be ignored"):
+        pf.load_program(path, language_models={lm.name: lm})
+
+    rebuilt = SubCalc(lm)  # the documented way out: build in code, then load the variables
+    rebuilt.load_variables(path)
+    assert rebuilt.get_variables() == program.get_variables()
+
+    SubCalcWithConfig(lm).save(tmp_path / "sub2.json")
+    loaded = pf.load_program(tmp_path / "sub2.json", language_models={lm.name: lm})
+    assert type(loaded) is SubCalcWithConfig
+    assert asyncio.run(loaded(Query(question="What is 2 + 5?"))).answer == "7"
+
+
+# -- safe_mode: a file must not choose where your key goes --------------------------------------
+def _saved_with_lm(tmp_path: Path, **lm_config: Any) -> Path:
+    """A program file whose language model config is edited the way an attacker would."""
+    lm = pf.LanguageModel(model="openai/arith", api_base="http://127.0.0.1:9/v1", name="m")
+    inputs = pf.Input(data_model=Query)
+    outputs = asyncio.run(pf.Generator(data_model=Answer, language_model=lm, name="g")(inputs))
+    path = pf.Program(inputs=inputs, outputs=outputs, name="p").save(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    data["config"]["modules"]["g"]["config"]["language_model"].update(lm_config)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lm_config", "named"),
+    [
+        ({"api_base": "https://attacker.example/v1"}, "api_base='https://attacker.example/v1'"),
+        ({"api_base": "http://10.0.0.5:8000/v1"}, "api_base="),
+        ({"base_url": "https://attacker.example"}, "'base_url'"),
+        ({"extra_headers": {"X-Forward": "1"}}, "'extra_headers'"),
+        ({"cache": "/nonexistent/promptfit-cache.sqlite"}, "response cache"),
+        ({"cache": "../../cache.sqlite"}, "response cache"),
+    ],
+)
+def test_safe_mode_refuses_what_could_redirect_a_key(
+    tmp_path: Path, lm_config: dict[str, Any], named: str
+) -> None:
+    path = _saved_with_lm(tmp_path, **lm_config)
+    with pytest.raises(pf.errors.UnsafeFileError, match="safe_mode=False") as caught:
+        pf.load_program(path, api_key="sk-test-secret-key")
+    assert named in str(caught.value) and "language_models={'m': lm}" in str(caught.value)
+    assert "sk-test-secret-key" not in str(caught.value)
+
+    trusted = pf.load_program(path, safe_mode=False)  # the user's explicit decision
+    (generator,) = trusted.language_models
+    assert all(generator.get_config()[k] == v for k, v in lm_config.items())
+
+    own = pf.LanguageModel(model="openai/arith", api_base="http://127.0.0.1:9/v1", name="m")
+    replaced = pf.load_program(path, language_models={"m": own})  # never checked: yours
+    assert replaced.language_models == [own]
+
+
+@pytest.mark.parametrize(
+    "lm_config",
+    [
+        {"api_base": "http://localhost:8000/v1"},
+        {"api_base": "http://127.0.0.2:8000/v1"},
+        {"api_base": "http://[::1]:8000/v1"},
+        {"api_base": None},
+        {"top_p": 0.9, "seed": 3, "stop": ["\n\n"]},
+        {"cache": "runs/cache.sqlite"},
+    ],
+)
+def test_safe_mode_allows_loopback_and_generation_parameters(
+    tmp_path: Path, lm_config: dict[str, Any]
+) -> None:
+    loaded = pf.load_program(_saved_with_lm(tmp_path, **lm_config))
+    (lm,) = loaded.language_models
+    assert all(lm.get_config()[k] == v for k, v in lm_config.items())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from promptfit.data.data_model import DataModel
-from promptfit.errors import ConfigurationError, VariableValidationError
+from promptfit.errors import ConfigurationError, SerializationError, VariableValidationError
 from promptfit.modules.input import InputModule
 from promptfit.modules.module import Module, Node, SymbolicDataModel
 from promptfit.training.trainer import Trainer
@@ -283,11 +283,34 @@ class Program(Trainer, Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Program:
+        """Rebuild a program from :meth:`get_config` (``kwargs`` as in ``pf.load_program``).
+
+        A subclassed program (one with a ``call`` method) is rebuilt as ``cls(**config)``, so
+        its ``get_config()`` must return every constructor argument, as in Keras; override
+        ``from_config(config, language_models=None, api_key=None, safe_mode=True)`` too when
+        it builds language models.
+        """
         from promptfit.saving.program_io import program_from_functional_config
 
-        if "nodes" not in config:
+        if "nodes" in config:
+            return program_from_functional_config(cls, config, **kwargs)
+        if kwargs.get("language_models"):
+            raise SerializationError(
+                f"{cls.__name__} is a subclassed program that builds its own language models, "
+                "so `language_models=` would be ignored. Override "
+                f"{cls.__name__}.from_config(config, language_models=None, **kwargs) to use "
+                "them, or build the program in code and call program.load_variables(path)."
+            )
+        try:
             return cls(**config)
-        return program_from_functional_config(cls, config, **kwargs)
+        except TypeError as error:
+            raise SerializationError(
+                f"Cannot rebuild {cls.__name__} from its saved config {sorted(config)}: "
+                f"{error}. A subclassed program's get_config() must return every argument its "
+                "__init__ needs (and from_config() must accept them), as in Keras; or build "
+                "the program in code and call program.load_variables(path), which reads the "
+                "variables from the same file."
+            ) from error
 
 
 class Sequential(Program):

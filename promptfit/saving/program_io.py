@@ -8,13 +8,15 @@ evaluates text from a file. API keys are never written.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from promptfit import __version__
-from promptfit.errors import SerializationError
+from promptfit.errors import SerializationError, UnsafeFileError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.saving.atomic import atomic_write_json
 from promptfit.saving.documents import DocumentError, parse_document
@@ -85,8 +87,85 @@ def functional_config(program: Program) -> dict[str, Any]:
     }
 
 
+# Generation parameters a file may set in safe mode: they change answers and cost, never where
+# a request (and its key) goes. Anything else litellm accepts (``base_url``, ``extra_headers``,
+# ``api_version``, cloud credentials...) can redirect traffic or carry secrets.
+_SAFE_LITELLM_KWARGS = frozenset(
+    {
+        "top_p",
+        "top_k",
+        "min_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "logit_bias",
+        "reasoning_effort",
+    }
+)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_file_language_model(config: dict[str, Any]) -> None:
+    """Refuse, in safe mode, what a file could use to steer traffic or write elsewhere.
+
+    Loopback endpoints are allowed: a file cannot make a server appear on your machine, and
+    local servers (vLLM, llama.cpp, Ollama, the test server) are the common case.
+    """
+    name = config.get("name") or config.get("model")
+    problems: list[str] = []
+    api_base = config.get("api_base")
+    if api_base is not None and not (isinstance(api_base, str) and _is_loopback(api_base)):
+        problems.append(f"it sends requests to api_base={api_base!r}")
+    unsafe = sorted(set(config) - _LM_CONFIG_FIELDS - _SAFE_LITELLM_KWARGS)
+    if unsafe:
+        problems.append(f"it sets the litellm arguments {unsafe}")
+    cache = config.get("cache")
+    if isinstance(cache, str) and (PurePath(cache).is_absolute() or ".." in PurePath(cache).parts):
+        problems.append(f"it writes its response cache to {cache!r}")
+    if problems:
+        raise UnsafeFileError(
+            f"The file's language model {name!r} is refused in safe mode: {'; and '.join(problems)}"
+            ". A file from someone else could use this to send your API key (or one litellm "
+            "finds in your environment) to their server. If you trust the file, load it with "
+            f"safe_mode=False; otherwise pass your own client: language_models={{{name!r}: lm}}."
+        )
+
+
+_LM_CONFIG_FIELDS = frozenset(
+    {
+        "model",
+        "api_base",
+        "max_concurrency",
+        "temperature",
+        "max_tokens",
+        "timeout",
+        "max_retries",
+        "retry_min_wait",
+        "retry_max_wait",
+        "cache",
+        "structured_output",
+        "name",
+    }
+)
+
+
 def _build_module(
-    class_name: str, config: dict[str, Any], lms: dict[str, LanguageModel], api_key: str | None
+    class_name: str,
+    config: dict[str, Any],
+    lms: dict[str, LanguageModel],
+    api_key: str | None,
+    safe_mode: bool,
 ) -> Module:
     from promptfit.modules.generator import Generator
     from promptfit.modules.module import Module
@@ -97,6 +176,8 @@ def _build_module(
         key = json.dumps(lm_config, sort_keys=True)
         lm = lms.get(lm_config.get("name", "")) or lms.get(key)
         if lm is None:
+            if safe_mode:
+                _check_file_language_model(lm_config)
             lm = LanguageModel.from_config(lm_config, api_key=api_key)
             lms[key] = lm
         return cls.from_config(config, language_model=lm)
@@ -108,14 +189,22 @@ def program_from_functional_config(
     config: dict[str, Any],
     language_models: dict[str, LanguageModel] | None = None,
     api_key: str | None = None,
+    safe_mode: bool = True,
 ) -> Program:
+    """Rebuild a functional (or Sequential) program from :func:`functional_config`'s output.
+
+    A subclass with its own ``__init__`` (``Sequential`` takes ``layers``) is built without
+    calling it: the graph in the file is the program, so it is attached with
+    ``Program.__init__`` directly.
+    """
     from promptfit.data.schema import resolve_data_model
     from promptfit.modules.input import Input
+    from promptfit.programs.program import Program
 
     lms = dict(language_models or {})
     try:
         modules = {
-            name: _build_module(spec["class_name"], spec["config"], lms, api_key)
+            name: _build_module(spec["class_name"], spec["config"], lms, api_key, safe_mode)
             for name, spec in config["modules"].items()
         }
         symbols: list[Any] = []
@@ -130,13 +219,18 @@ def program_from_functional_config(
         outputs = [symbols[i] for i in config["outputs"]]
     except (KeyError, IndexError, TypeError) as exc:
         raise SerializationError(f"The program file is malformed: {exc!r}.") from exc
-    return cls(
-        inputs=inputs[0] if len(inputs) == 1 else inputs,
-        outputs=outputs[0] if config.get("single_output", True) else outputs,
-        name=config["name"],
-        description=config.get("description"),
-        trainable=config.get("trainable", True),
-    )
+    graph = {
+        "inputs": inputs[0] if len(inputs) == 1 else inputs,
+        "outputs": outputs[0] if config.get("single_output", True) else outputs,
+        "name": config["name"],
+        "description": config.get("description"),
+        "trainable": config.get("trainable", True),
+    }
+    if cls.__init__ is Program.__init__:
+        return cls(**graph)
+    program = cls.__new__(cls)
+    Program.__init__(program, **graph)
+    return program
 
 
 def read_json_file(path: str | os.PathLike[str], expected_format: str) -> dict[str, Any]:
@@ -171,6 +265,7 @@ def load_program(
     path: str | os.PathLike[str],
     language_models: dict[str, LanguageModel] | None = None,
     api_key: str | None = None,
+    safe_mode: bool = True,
 ) -> Program:
     """Load a program saved with :meth:`Program.save`.
 
@@ -180,12 +275,32 @@ def load_program(
             another endpoint); others are rebuilt from the file.
         api_key: Key for the rebuilt clients (files never hold keys; litellm also reads the
             provider's usual environment variables).
+        safe_mode: As in ``keras.saving.load_model``: refuse what could make a file from
+            someone else harmful. Here that is a language model the file would rebuild with a
+            non-loopback ``api_base``, litellm arguments beyond generation parameters, or a
+            response cache outside the working directory; each could send your key to a server
+            the file chooses. Pass ``safe_mode=False`` for files you trust, or give those
+            models in ``language_models`` (which are never checked).
+
+    Raises:
+        UnsafeFileError: ``safe_mode`` refused the file (the message names what and the fix).
+        SerializationError: the file is not a readable promptfit program.
+
+    Example:
+        ```python
+        import promptfit as pf
+
+        lm = pf.LanguageModel(model="openai/my-model", api_base="http://127.0.0.1:8000/v1")
+        # program = pf.load_program("calc.json", language_models={lm.name: lm})
+        ```
     """
     from promptfit.programs.program import Program
 
     data = read_json_file(path, PROGRAM_FORMAT)
     cls = get_registered_object(data.get("class_name", ""), Program)
-    program = cls.from_config(data["config"], language_models=language_models, api_key=api_key)
+    program = cls.from_config(
+        data["config"], language_models=language_models, api_key=api_key, safe_mode=safe_mode
+    )
     program.set_variables(data.get("variables", {}))
     return program
 
