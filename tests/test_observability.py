@@ -27,7 +27,12 @@ from promptfit.observability import (
     span_backend,
 )
 from promptfit.observability.enable import HTTP_DEFAULTS, http_defaults
-from promptfit.observability.mlflow_backend import scrub_secrets
+from promptfit.observability.mlflow_backend import (
+    is_unreachable,
+    mark_reachable,
+    report_unreachable,
+    scrub_secrets,
+)
 
 SECRET = "sk-test-secret-key"
 
@@ -81,6 +86,30 @@ def test_http_defaults_are_scoped_and_never_override_the_user(
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "42"
+
+
+def test_one_warning_per_outage_and_stale_failures_do_not_open_a_new_one() -> None:
+    import time
+    import warnings
+
+    uri = "file:///not-a-server-outage-test"  # not http: no health probe thread is started
+    mark_reachable(uri)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        report_unreachable(uri, ConnectionRefusedError("Connection refused"))
+        report_unreachable(uri, "Read timed out", late=True)  # same outage: no second warning
+        assert is_unreachable(uri) and len(records) == 1
+        assert "connection refused" in str(records[0].message)
+
+        started = time.monotonic()  # a call begins during the outage...
+        mark_reachable(uri)  # ...the server comes back (another thread saw it)...
+        report_unreachable(uri, "Connection reset", started_at=started)  # ...then it fails
+        report_unreachable(uri, "Failed to send trace: timed out", late=True)  # queued export
+        assert not is_unreachable(uri) and len(records) == 1
+
+        report_unreachable(uri, "Connection refused", started_at=time.monotonic())  # new outage
+        assert is_unreachable(uri) and len(records) == 2
+    mark_reachable(uri)
 
 
 # -- the embedded store ------------------------------------------------------------------------

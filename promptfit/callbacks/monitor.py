@@ -565,6 +565,7 @@ class _Session:
             scrub_secrets,
         )
 
+        started_at = time.monotonic()
         try:
             client = self._client()
             if self.run_id is None:
@@ -591,7 +592,7 @@ class _Session:
                 )
                 return
             self.down = True
-            report_unreachable(self.uri, exc)
+            report_unreachable(self.uri, exc, started_at=started_at)
             return
         if self.down:
             logger.info("MLflow tracking is reachable again; buffered run data was sent.")

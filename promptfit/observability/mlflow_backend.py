@@ -179,17 +179,27 @@ def _summary(error: BaseException | str) -> str:
     return str(scrub_secrets(text))[:200]
 
 
-def report_unreachable(uri: str, error: BaseException | str, *, late: bool = False) -> None:
+def report_unreachable(
+    uri: str,
+    error: BaseException | str,
+    *,
+    late: bool = False,
+    started_at: float | None = None,
+) -> None:
     """Record a failed call to ``uri``; the first report of an outage shows ONE warning.
 
     Called from any thread (the Monitor's worker, MLflow's exporter threads). Training goes on
     regardless; the warning says what is kept (buffered run data) and what is lost (traces).
-    ``late`` reports (trace exports, which MLflow runs asynchronously) are ignored for a short
-    grace period after the server was seen healthy again: they describe the outage that just
-    ended, not a new one.
+    A failure that belongs to an outage which has since ended is ignored: a call that
+    ``started_at`` (``time.monotonic()``) before the server was seen healthy again, or a
+    ``late`` report (trace exports, which MLflow runs asynchronously and whose start is
+    unknown) within a short grace period after that.
     """
     with _health_lock:
-        if late and time.monotonic() - _recovered_at.get(uri, -1e9) < RECOVERY_GRACE_S:
+        recovered = _recovered_at.get(uri, -1e9)
+        if started_at is not None and started_at < recovered:
+            return
+        if late and time.monotonic() - recovered < RECOVERY_GRACE_S:
             return
         _unreachable.add(uri)
         first = uri not in _warned
