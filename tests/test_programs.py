@@ -197,3 +197,24 @@ def test_summary_lists_modules(make_lm: Callable[..., pf.LanguageModel], capsys:
     program = asyncio.run(_functional(make_lm("arith")))
     text = program.summary()
     assert "solver" in text and "Generator" in text
+
+
+def test_programs_and_generators_take_plain_dicts(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    """As evaluate and predict do: a dict is validated into the input data model."""
+    lm = make_lm("arith")
+
+    async def run() -> None:
+        program = await _functional(lm)
+        assert (await program({"question": "What is 2 + 9?"})).answer == "11"
+        generator = pf.Generator(data_model=Answer, language_model=lm)
+        assert (await generator({"question": "What is 3 + 3?"})).answer == "6"
+        with pytest.raises(DataError, match=r"does not match Query .*question"):
+            await program({"text": "What is 2 + 9?"})
+        with pytest.raises(DataError, match="expected a dict or Query"):
+            await program(42)
+        with pytest.raises(DataError, match="expected a DataModel instance or a dict"):
+            await generator(42)
+
+    asyncio.run(run())

@@ -16,7 +16,7 @@ from pydantic import create_model
 
 from promptfit.data.data_model import DataModel, json_schema_of, json_schema_text, registry_name
 from promptfit.data.schema import resolve_data_model
-from promptfit.errors import ConfigurationError
+from promptfit.errors import ConfigurationError, DataError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.language_models.request import build_messages, render_system
 from promptfit.modules.module import Module, SymbolicDataModel
@@ -159,7 +159,15 @@ class Generator(Module):
         if value is None:
             return None
         system, pairs = self._render()
-        inputs_json = value.model_dump(mode="json")
+        if isinstance(value, pydantic.BaseModel):
+            inputs_json = value.model_dump(mode="json")
+        elif isinstance(value, dict):  # a generator called on its own, with plain JSON
+            inputs_json = value
+        else:
+            raise DataError(
+                f"{self.name}: expected a DataModel instance or a dict as input, "
+                f"got {type(value).__name__}."
+            )
         generation = await self.language_model.generate(
             build_messages(system, pairs, inputs_json), self.output_data_model
         )

@@ -24,6 +24,16 @@ from promptfit.training.trainer import Trainer
 __all__ = ["Program", "Sequential"]
 
 
+def _coerce_input(value: Any, data_model: type[DataModel], program: str) -> Any:
+    """Accept a dict (or another model with the same fields) where a data model is expected,
+    as ``evaluate`` and ``predict`` do; anything that does not fit is a DataError."""
+    if value is None or isinstance(value, data_model):
+        return value
+    from promptfit.data.adapters import to_data_models
+
+    return to_data_models([value], data_model, what=f"{program}'s input")[0]
+
+
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -193,7 +203,8 @@ class Program(Trainer, Module):
                 f"{self.name} takes {len(self._input_symbols)} input(s), got {len(inputs)}."
             )
         values: dict[int, Any] = {
-            id(symbol): value for symbol, value in zip(self._input_symbols, inputs, strict=True)
+            id(symbol): _coerce_input(value, symbol.data_model, self.name)
+            for symbol, value in zip(self._input_symbols, inputs, strict=True)
         }
         for node in self._nodes:
             if isinstance(node.module, InputModule):
