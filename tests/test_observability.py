@@ -155,6 +155,41 @@ def test_default_is_embedded_sqlite_with_artifacts_beside_it(
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
+def test_concurrent_fits_link_their_traces_to_their_own_runs(
+    in_store_dir: Path, calc_program: Callable[..., Any]
+) -> None:
+    import mlflow
+
+    uri = enable_observability(experiment_name="concurrent")
+
+    async def both() -> list[tuple[Any, Monitor]]:
+        programs = [await calc_program(), await calc_program()]  # separate LMs (tags)
+        monitors = [Monitor(run_name=f"fit-{i}") for i in range(2)]
+        x, y = arithmetic_data(6)
+        await asyncio.gather(
+            *(
+                p.fit(x, y, epochs=2, batch_size=3, verbose=0, callbacks=[m])
+                for p, m in zip(programs, monitors, strict=True)
+            )
+        )
+        await programs[0](x[0])  # after the fit: traced, but linked to no run
+        return list(zip(programs, monitors, strict=True))
+
+    pairs = asyncio.run(both())
+    traces = _traces(uri, "concurrent")
+    client = mlflow.MlflowClient(uri)
+    by_run: dict[str | None, set[str]] = {}
+    for trace in traces:
+        run_id = trace.info.request_metadata.get("mlflow.sourceRun")
+        models = {s.attributes["model"] for s in trace.data.spans if s.span_type == "CHAT_MODEL"}
+        by_run.setdefault(run_id, set()).update(models)
+    for program, monitor in pairs:
+        assert client.get_run(monitor.run_id).info.status == "FINISHED"
+        (lm,) = program.language_models
+        assert by_run[monitor.run_id] == {lm.model}, by_run  # only its own fit's calls
+    assert by_run.get(None) == {pairs[0][0].language_models[0].model}  # the call after fit
+
+
 def test_nesting_follows_tasks_across_anyio_task_groups(in_store_dir: Path) -> None:
     uri = enable_observability(experiment_name="nesting")
 

@@ -194,17 +194,23 @@ class Monitor(Callback):
             self._session = None
             self._internal_error(exc)
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+    async def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The run is created lazily here rather than in on_train_begin, so that a
         # BackupAndRestore placed after this callback has restored our run id first.
-        session = self._session
-        if session is not None and session.active and not session.kicked:
-            session.kick()
+        await self._start_run()
 
-    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    async def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        await self._start_run()  # resumed mid-epoch: there was no on_epoch_begin
+
+    async def _start_run(self) -> None:
         session = self._session
-        if session is not None and session.active and not session.kicked:
-            session.kick()  # resumed mid-epoch: there was no on_epoch_begin
+        if session is None or not session.active or session.kicked:
+            return
+        session.kick()
+        if session.backend() is not None:
+            # Traces are linked to the run only once it exists: give the worker a moment to
+            # create it (awaited, so the event loop keeps running) before the first LM call.
+            await session.wait_for_run(min(self.flush_timeout, 5.0))
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         session = self._session
@@ -246,7 +252,10 @@ class Monitor(Callback):
 
     async def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         session = self._session
-        if session is None or not session.active:
+        if session is None:
+            return
+        if not session.active:  # abandoned after an internal error: only release the link
+            session.detach()
             return
         try:
             await session.finish(self.flush_timeout)
@@ -326,6 +335,11 @@ class _Session:
         backend = self.backend()
         if backend is not None:
             backend.add_secrets(self.secrets)
+        from promptfit.observability.mlflow_backend import MLflowSpanBackend
+
+        # Bound here, on the fit's event loop before it starts any task, so exactly this fit's
+        # traces are linked to the run (the worker fills the link once the run exists).
+        self.link, self._link_token = MLflowSpanBackend.bind_run_link()
         self.config_payload = self._describe(program, lms)
         self.params, self.tags = self._params_and_tags(self.config_payload)
         self.active = True
@@ -400,9 +414,9 @@ class _Session:
         return None
 
     def detach(self) -> None:
-        backend = self.backend()
-        if backend is not None and self.run_id is not None:
-            backend.detach_run(self.run_id)
+        from promptfit.observability.mlflow_backend import MLflowSpanBackend
+
+        MLflowSpanBackend.unbind_run_link(self.link, self._link_token)
 
     def add_metrics(self, logs: dict[str, Any] | None, step: int, prefix: str = "") -> None:
         now = int(time.time() * 1000)
@@ -428,6 +442,17 @@ class _Session:
     def wait_first_attempt(self, timeout: float) -> None:
         if self.kicked and not self.first_attempt.is_set():
             self.first_attempt.wait(timeout=timeout)
+
+    async def wait_for_run(self, timeout: float) -> None:
+        """Until the run exists or the first attempt to create it has failed (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while (
+            self.kicked
+            and self.run_id is None
+            and not self.first_attempt.is_set()
+            and time.monotonic() < deadline
+        ):
+            await anyio.sleep(0.01)
 
     def abandon(self) -> None:
         """Stop tracking this fit (after an internal error): the worker exits."""
@@ -633,11 +658,11 @@ class _Session:
                 experiment_id = run.info.experiment_id
         if run is None:
             run = client.create_run(experiment_id, run_name=self.run_name)
-        self.run_id = run.info.run_id
-        self.experiment_id = str(experiment_id)
         backend = self.backend()
-        if backend is not None and self.active:
-            backend.attach_run(self.run_id, self.experiment_id)
+        if backend is not None and self.active:  # before run_id is set: wait_for_run polls it
+            backend.attach_run(self.link, run.info.run_id, str(experiment_id))
+        self.experiment_id = str(experiment_id)
+        self.run_id = run.info.run_id
         path = self.stage_dir() / "promptfit" / "fit_config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.config_payload, indent=2, default=str), encoding="utf-8")

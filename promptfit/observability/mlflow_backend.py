@@ -19,6 +19,7 @@ secret scrubbing and the reachability registry.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "MLflowSpanBackend",
+    "RunLink",
     "is_unreachable",
     "mark_reachable",
     "redact_uri",
@@ -320,13 +322,34 @@ class _Handle:
             self._span.set_status(SpanStatus(SpanStatusCode.ERROR, str(attrs["error"])[:1000]))
 
 
+class RunLink:
+    """Where the traces of one fit go: the Monitor's run, once the worker has created it.
+
+    A link is bound to the fit's context (a context variable, see
+    :meth:`MLflowSpanBackend.bind_run_link`), so it reaches every task the fit starts and no
+    other code: two fits running at once in one process each link their own traces, and a
+    program called outside the fit is not linked to it.
+    """
+
+    __slots__ = ("run",)
+
+    def __init__(self) -> None:
+        self.run: tuple[str, str] | None = None  # (run_id, experiment_id), set from any thread
+
+
+_run_link: contextvars.ContextVar[RunLink | None] = contextvars.ContextVar(
+    "promptfit_run_link", default=None
+)
+
+
 class MLflowSpanBackend:
     """Records promptfit spans as MLflow traces; install it with ``set_span_backend``.
 
     Normally created by :func:`promptfit.enable_observability`, which also points MLflow at the
-    tracking store. Root spans (one per example) go to ``experiment_id``; while a
-    :class:`~promptfit.callbacks.Monitor` run is attached (:meth:`attach_run`), they go to that
-    run's experiment and are linked to the run, so a run's page lists the traces of its fit.
+    tracking store. Root spans (one per example) go to ``experiment_id``; inside a fit whose
+    :class:`~promptfit.callbacks.Monitor` has bound a :class:`RunLink`
+    (:meth:`bind_run_link`), they go to that run's experiment and are linked to the run, so a
+    run's page lists the traces of its fit.
 
     Args:
         tracking_uri: The tracking URI the traces are exported to (used to skip spans while it
@@ -358,7 +381,6 @@ class MLflowSpanBackend:
         self.experiment_id = experiment_id
         self._secrets: set[str] = set(secrets)
         self._known: list[str] = []
-        self._run: tuple[str, str] | None = None
         self._filter = _ExportFailureFilter(self)
         self._refresh_known()
 
@@ -377,19 +399,35 @@ class MLflowSpanBackend:
     def scrub(self, value: Any) -> Any:
         return _scrub(value, self._known)
 
-    def attach_run(self, run_id: str, experiment_id: str) -> None:
-        """Send the traces of the current fit to ``experiment_id``, linked to ``run_id``."""
-        self._run = (run_id, experiment_id)
+    @staticmethod
+    def bind_run_link() -> tuple[RunLink, contextvars.Token[RunLink | None]]:
+        """Bind a new, empty link to the calling context (call it on the fit's event loop,
+        before the fit starts its tasks); release it with :meth:`unbind_run_link`."""
+        link = RunLink()
+        return link, _run_link.set(link)
+
+    @staticmethod
+    def unbind_run_link(link: RunLink, token: contextvars.Token[RunLink | None]) -> None:
+        if _run_link.get() is not link:
+            return
+        try:
+            _run_link.reset(token)
+        except ValueError:  # released from another context than the one that bound it
+            _run_link.set(None)
+
+    def attach_run(self, link: RunLink, run_id: str, experiment_id: str) -> None:
+        """Send the traces of ``link``'s fit to ``experiment_id``, linked to ``run_id``.
+
+        Safe from any thread (the Monitor's worker creates the run)."""
+        link.run = (run_id, experiment_id)
         if self.experiment_id is None:
             self.experiment_id = experiment_id
 
-    def detach_run(self, run_id: str | None = None) -> None:
-        if run_id is None or (self._run is not None and self._run[0] == run_id):
-            self._run = None
-
-    @property
-    def run_id(self) -> str | None:
-        return self._run[0] if self._run is not None else None
+    @staticmethod
+    def current_run_id() -> str | None:
+        """The run the calling context's traces are linked to, if any."""
+        link = _run_link.get()
+        return link.run[0] if link is not None and link.run is not None else None
 
     def install_log_filter(self) -> None:
         for name in _FILTERED_LOGGERS:
@@ -411,7 +449,8 @@ class MLflowSpanBackend:
     def start(
         self, name: str, kind: str, inputs: Any, attributes: dict[str, Any] | None
     ) -> Iterator[Any]:
-        run = self._run
+        link = _run_link.get()
+        run = link.run if link is not None else None
         destination = run[1] if run is not None else self.experiment_id
         if destination is None or self.tracking_uri in _unreachable:
             yield _NOOP
