@@ -208,8 +208,10 @@ def test_programs_and_generators_take_plain_dicts(
     async def run() -> None:
         program = await _functional(lm)
         assert (await program({"question": "What is 2 + 9?"})).answer == "11"
-        generator = pf.Generator(data_model=Answer, language_model=lm)
+        generator = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
         assert (await generator({"question": "What is 3 + 3?"})).answer == "6"
+        with pytest.raises(ConfigurationError, match="does not know its input data model"):
+            await pf.Generator(data_model=Answer, language_model=lm)({"question": "1 + 1?"})
         with pytest.raises(DataError, match=r"does not match Query .*question"):
             await program({"text": "What is 2 + 9?"})
         with pytest.raises(DataError, match="expected a dict or Query"):

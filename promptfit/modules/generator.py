@@ -122,6 +122,12 @@ class Generator(Module):
         return data_model
 
     def build(self, *input_data_models: type[DataModel]) -> None:
+        if not input_data_models:
+            raise ConfigurationError(
+                f"{self.name} does not know its input data model yet, so a dict cannot be "
+                "checked: pass `input_data_model=` when creating it, or call it (or build a "
+                "program with it) on a DataModel first."
+            )
         if len(input_data_models) != 1:
             raise ConfigurationError(
                 f"{self.name}: a Generator takes exactly one input data model, got "
@@ -159,15 +165,16 @@ class Generator(Module):
         if value is None:
             return None
         system, pairs = self._render()
-        if isinstance(value, pydantic.BaseModel):
-            inputs_json = value.model_dump(mode="json")
-        elif isinstance(value, dict):  # a generator called on its own, with plain JSON
-            inputs_json = value
-        else:
+        if isinstance(value, dict) and self.input_data_model is not None:
+            from promptfit.data.adapters import to_data_models
+
+            value = to_data_models([value], self.input_data_model, what=f"{self.name}'s input")[0]
+        if not isinstance(value, pydantic.BaseModel):
             raise DataError(
                 f"{self.name}: expected a DataModel instance or a dict as input, "
                 f"got {type(value).__name__}."
             )
+        inputs_json = value.model_dump(mode="json")
         generation = await self.language_model.generate(
             build_messages(system, pairs, inputs_json), self.output_data_model
         )
