@@ -41,39 +41,13 @@ from __future__ import annotations
 
 import asyncio
 
-from _common import cli, describe_backend, language_model, section
+from _common import arithmetic, calculator, cli, describe_backend, language_model, section
 
 import promptfit as pf
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 2 * i + 1) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator(lm: pf.LanguageModel, optimizer: pf.optimizers.Optimizer) -> pf.Program:
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=optimizer,
-        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
-    )
-    return program
+# From here on the guides share one task, defined in _common.py: arithmetic() makes the data
+# and calculator() builds guide 01's Query -> "solver" -> Answer program, compiled with an
+# ExactMatch reward and (unless told otherwise) a RandomFewShot optimizer.
 
 
 async def main() -> None:
@@ -84,7 +58,11 @@ async def main() -> None:
 
     section("1. Few-shot training with RandomFewShot")
     lm = language_model("arith", min_examples=2)
-    program = await calculator(lm, pf.optimizers.RandomFewShot(k=2, num_candidates=1))
+    program = await calculator(
+        lm,
+        optimizer=pf.optimizers.RandomFewShot(k=2, num_candidates=1),
+        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
+    )
     before = await program.evaluate(x_val, y_val, verbose=0)
     print("validation reward before:", before["reward"])
     # verbose=2 prints one line per epoch, as Keras does when output is not a terminal.
@@ -114,7 +92,9 @@ async def main() -> None:
 
     section("4. Reproducible: same seed, same run")
     again = await calculator(
-        language_model("arith", min_examples=2), pf.optimizers.RandomFewShot(k=2)
+        language_model("arith", min_examples=2),
+        optimizer=pf.optimizers.RandomFewShot(k=2),
+        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
     )
     history_again = await again.fit(
         x_train, y_train, epochs=2, batch_size=4, validation_data=(x_val, y_val), seed=0, verbose=0
@@ -129,7 +109,8 @@ async def main() -> None:
     proposer = language_model("propose", text="Compute carefully.", max_tokens=64)
     program = await calculator(
         language_model("arith", hint="carefully"),
-        pf.optimizers.InstructionOptimizer(language_model=proposer, num_candidates=1),
+        optimizer=pf.optimizers.InstructionOptimizer(language_model=proposer, num_candidates=1),
+        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
     )
     await program.fit(
         x_train, y_train, epochs=1, batch_size=4, validation_data=(x_val, y_val), seed=0, verbose=2

@@ -30,49 +30,22 @@ from __future__ import annotations
 
 import asyncio
 
-from _common import cli, describe_backend, language_model, section
+from _common import arithmetic, calculator, cli, describe_backend, section
 
 import promptfit as pf
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 3 * i + 2) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator() -> pf.Program:
-    # min_examples=2: on the fake backend the model is wrong until it has two examples.
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-    )
-    return program
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 async def main() -> None:
     cli(__doc__)
     print("Backend:", describe_backend())
-    x, y = arithmetic(6)
-    validation = arithmetic(3, offset=40)
+    x, y = arithmetic(6, step=3, start=2)
+    validation = arithmetic(3, offset=40, step=3, start=2)
 
     section("1. Stop when val_reward stops improving")
+    # calculator()'s model has min_examples=2: on the fake backend it is wrong until it has
+    # two examples, so val_reward improves while training finds them.
     program = await calculator()
     stopper = pf.callbacks.EarlyStopping(
         monitor="val_reward", patience=1, restore_best_variables=True, verbose=1

@@ -34,18 +34,20 @@ from __future__ import annotations
 import asyncio
 import json
 
-from _common import cli, describe_backend, language_model, note_determinism, output_dir, section
+from _common import (
+    arithmetic,
+    calculator,
+    cli,
+    describe_backend,
+    note_determinism,
+    output_dir,
+    section,
+)
 
 import promptfit as pf
 from promptfit.errors import BackupMismatchError
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 class SimulatedCrash(RuntimeError):
@@ -70,34 +72,12 @@ class CrashAt(pf.callbacks.Callback):
             raise SimulatedCrash(f"boom at epoch {self.epoch}, batch {batch}")
 
 
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 4 * i + 1) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator() -> pf.Program:
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-    )
-    return program
-
-
 async def main() -> None:
     cli(__doc__)
     print("Backend:", describe_backend())
     out = output_dir()
-    x, y = arithmetic(6)
-    validation = arithmetic(2, offset=70)
+    x, y = arithmetic(6, step=4, start=1)
+    validation = arithmetic(2, offset=70, step=4, start=1)
     fit_args = {
         "epochs": 3,
         "batch_size": 2,
@@ -127,7 +107,7 @@ async def main() -> None:
     section("3. Refused: a backup from a different run")
     other = await calculator()
     try:
-        other_x, other_y = arithmetic(6, offset=1)
+        other_x, other_y = arithmetic(6, offset=1, step=4, start=1)
         await other.fit(
             other_x,
             other_y,

@@ -27,52 +27,23 @@ from __future__ import annotations
 import asyncio
 
 import pandas as pd
-from _common import cli, describe_backend, language_model, output_dir, section
+from _common import arithmetic, calculator, cli, describe_backend, output_dir, section
 
 import promptfit as pf
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 5 * i + 2) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator() -> pf.Program:
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
-    )
-    return program
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 async def main() -> None:
     cli(__doc__)
     print("Backend:", describe_backend())
     out = output_dir()
-    x, y = arithmetic(6)
-    validation = arithmetic(2, offset=60)
+    x, y = arithmetic(6, step=5, start=2)
+    validation = arithmetic(2, offset=60, step=5, start=2)
 
     section("1. One row per epoch")
     path = out / "logs" / "history.csv"
-    program = await calculator()
+    program = await calculator(metrics=[pf.metrics.Accuracy(in_mask=["answer"])])
     await program.fit(
         x,
         y,
@@ -107,7 +78,7 @@ async def main() -> None:
 
     section("4. Another separator")
     tsv = out / "logs" / "history.tsv"
-    program = await calculator()
+    program = await calculator(metrics=[pf.metrics.Accuracy(in_mask=["answer"])])
     await program.fit(
         x,
         y,

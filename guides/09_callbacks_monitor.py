@@ -33,40 +33,11 @@ from __future__ import annotations
 import asyncio
 
 import mlflow
-from _common import cli, describe_backend, language_model, output_dir, section
+from _common import arithmetic, calculator, cli, describe_backend, output_dir, section
 
 import promptfit as pf
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 6 * i + 1) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator(k: int) -> pf.Program:
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=k),
-        metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
-    )
-    return program
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 async def main() -> None:
@@ -74,13 +45,13 @@ async def main() -> None:
     print("Backend:", describe_backend())
     out = output_dir()
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
-    x, y = arithmetic(6)
-    validation = arithmetic(2, offset=80)
+    x, y = arithmetic(6, step=6, start=1)
+    validation = arithmetic(2, offset=80, step=6, start=1)
 
     section("1. Track two runs of an experiment")
     run_ids = {}
     for k in (1, 2):
-        program = await calculator(k)
+        program = await calculator(k=k, metrics=[pf.metrics.Accuracy(in_mask=["answer"])])
         monitor = pf.callbacks.Monitor(
             experiment_name="guide-09",
             run_name=f"few-shot-k{k}",

@@ -42,40 +42,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from _common import cli, describe_backend, language_model, section
+from _common import arithmetic, calculator, cli, describe_backend, section
 
 import promptfit as pf
 from promptfit.callbacks.callback import HOOKS
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 7 * i + 3) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator() -> pf.Program:
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-    )
-    return program
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 class HookRecorder(pf.callbacks.Callback):
@@ -134,8 +106,8 @@ class ProbeEvaluator(pf.callbacks.Callback):
 async def main() -> None:
     cli(__doc__)
     print("Backend:", describe_backend())
-    x, y = arithmetic(4)
-    validation = arithmetic(2, offset=90)
+    x, y = arithmetic(4, step=7, start=3)
+    validation = arithmetic(2, offset=90, step=7, start=3)
 
     section("1. The lifecycle of fit (2 epochs x 2 batches, with validation)")
     program = await calculator()

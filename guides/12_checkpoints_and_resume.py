@@ -39,10 +39,12 @@ from typing import Any
 
 import pandas as pd
 from _common import (
+    Query,
+    arithmetic,
     backend,
+    calculator,
     cli,
     describe_backend,
-    language_model,
     note_determinism,
     output_dir,
     section,
@@ -54,24 +56,9 @@ from promptfit.checkpoints import best_checkpoint, latest_checkpoint, read_manif
 KILL_ENV = "PROMPTFIT_GUIDE12_KILL_AT_STEP"
 
 
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 8 * i + 1) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-X, Y = arithmetic(6)
-VALIDATION = arithmetic(2, offset=40)
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
+X, Y = arithmetic(6, step=8, start=1)
+VALIDATION = arithmetic(2, offset=40, step=8, start=1)
 
 
 class KillAt(pf.callbacks.Callback):
@@ -92,16 +79,7 @@ class KillAt(pf.callbacks.Callback):
 
 async def train(out: Path, kill_at: int | None) -> pf.Program:
     """The training script: the crashed run, the resumed run and the reference all run this."""
-    lm = language_model("arith", min_examples=2)
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-    )
+    program = await calculator()
     callbacks = [
         pf.callbacks.CSVLogger(out / "history.csv"),
         pf.callbacks.ProgramCheckpoint(

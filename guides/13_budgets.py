@@ -31,45 +31,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from _common import cli, describe_backend, language_model, section
+from _common import arithmetic, calculator, cli, describe_backend, language_model, section
 
 import promptfit as pf
 
-
-class Query(pf.DataModel):
-    question: str = pf.Field(description="An arithmetic question")
-
-
-class Answer(pf.DataModel):
-    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
-
-
-def arithmetic(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    pairs = [(i + offset, 9 * i + 4) for i in range(n)]
-    return (
-        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
-        [{"answer": str(a + b)} for a, b in pairs],
-    )
-
-
-async def calculator(lm: pf.LanguageModel) -> pf.Program:
-    inputs = pf.Input(data_model=Query)
-    outputs = await pf.Generator(
-        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
-    )(inputs)
-    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
-    program.compile(
-        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
-    )
-    return program
+# Query, Answer, arithmetic() and calculator() are shared by guides 04-13: see _common.py.
 
 
 async def main() -> None:
     cli(__doc__)
     print("Backend:", describe_backend())
-    x, y = arithmetic(8)
-    validation = arithmetic(2, offset=30)
+    x, y = arithmetic(8, step=9, start=4)
+    validation = arithmetic(2, offset=30, step=9, start=4)
 
     section("1. A budget of LM calls")
     program = await calculator(language_model("arith", min_examples=2))

@@ -35,6 +35,11 @@ Files a script writes go to a fresh temporary directory that is deleted at exit,
 
 Brains and server options only matter on the ``fake`` backend; elsewhere they are ignored,
 because they describe the simulated model, not the program.
+
+The guides from 04 on teach training and its callbacks rather than how to build a program
+(guide 01 does that), so they share one small task, defined at the end of this file: the
+``Query`` and ``Answer`` data models, :func:`arithmetic` for the data and :func:`calculator`
+for the compiled program.
 """
 
 from __future__ import annotations
@@ -53,8 +58,12 @@ import promptfit as pf
 __all__ = [
     "FAKE_OPTIONS",
     "LOCAL_MODEL",
+    "Answer",
+    "Query",
     "add_arguments",
+    "arithmetic",
     "backend",
+    "calculator",
     "cli",
     "describe_backend",
     "language_model",
@@ -235,3 +244,97 @@ def note_determinism(identical: bool) -> None:
 def section(title: str) -> None:
     """Print a section heading, so the output reads like the guide."""
     print(f"\n== {title} " + "=" * max(0, 72 - len(title)), flush=True)
+
+
+# -- the calculator the training guides share -------------------------------------------------
+# Guide 01 builds this program step by step; guides 04-13 import it from here, so each of them
+# shows only what it teaches. The data models carry no docstrings on purpose: pydantic puts a
+# class docstring into the JSON schema, which is part of the prompt the model receives. Keep
+# their names too: a saved program refers to its data models by name.
+
+
+class Query(pf.DataModel):
+    question: str = pf.Field(description="An arithmetic question")
+
+
+class Answer(pf.DataModel):
+    # max_length keeps a small model from rambling (see guide 01).
+    answer: str = pf.Field(description="The numeric answer, digits only", max_length=12)
+
+
+def arithmetic(
+    n: int, offset: int = 0, *, step: int = 2, start: int = 1
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``n`` addition questions and their answers, as the ``x`` and ``y`` lists ``fit`` takes.
+
+    Question ``i`` is "What is {offset + i} + {start + step * i}?".
+
+    Args:
+        n: How many examples.
+        offset: Shifts the first operand, so that a validation set (``offset=50``, say) asks
+            questions the training set does not.
+        step: How fast the second operand grows from one question to the next.
+        start: The second operand of the first question. Each guide passes its own ``step``
+            and ``start``, so each has data of its own: the numbers a guide prints belong to it
+            alone, and changing one guide's data never changes another guide's output.
+
+    Example:
+        ```python
+        x, y = arithmetic(2, step=3, start=2)
+        # x == [{"question": "What is 0 + 2?"}, {"question": "What is 1 + 5?"}]
+        # y == [{"answer": "2"}, {"answer": "6"}]
+        ```
+    """
+    pairs = [(i + offset, step * i + start) for i in range(n)]
+    return (
+        [{"question": f"What is {a} + {b}?"} for a, b in pairs],
+        [{"answer": str(a + b)} for a, b in pairs],
+    )
+
+
+async def calculator(
+    lm: pf.LanguageModel | None = None,
+    *,
+    k: int = 2,
+    optimizer: pf.optimizers.Optimizer | None = None,
+    metrics: list[pf.metrics.Metric] | None = None,
+) -> pf.Program:
+    """A new calculator program (``Query`` -> generator ``"solver"`` -> ``Answer``), compiled.
+
+    The reward is ``ExactMatch`` on ``answer``: an arithmetic answer is right or wrong. Each
+    call builds a fresh program, so a guide can run several trainings side by side or rebuild
+    "the same program in a new process" (guides 07 and 12).
+
+    Args:
+        lm: The generator's language model. By default a new
+            ``language_model("arith", min_examples=2)``: on the fake backend it answers wrongly
+            until its prompt holds two examples, which gives training something to fix. Pass a
+            model to share it between programs (one cache, one usage count: guide 06) or to
+            give it options of its own (a price, a dead endpoint: guide 13).
+        k: How many few-shot examples the default ``RandomFewShot`` optimizer tries; guide 09
+            compares ``k=1`` with ``k=2``.
+        optimizer: Replaces ``RandomFewShot(k=k)``, e.g. guide 04's ``InstructionOptimizer``.
+        metrics: Metrics logged beside the reward, e.g.
+            ``[pf.metrics.Accuracy(in_mask=["answer"])]``. None by default, so the logs hold
+            only the reward and the usage keys. Give each program metric objects of its own: a
+            metric keeps state while it is evaluated.
+
+    Example:
+        ```python
+        program = await calculator(metrics=[pf.metrics.Accuracy(in_mask=["answer"])])
+        history = await program.fit(*arithmetic(8), epochs=2, batch_size=4)
+        ```
+    """
+    if lm is None:
+        lm = language_model("arith", min_examples=2)
+    inputs = pf.Input(data_model=Query)
+    outputs = await pf.Generator(
+        data_model=Answer, language_model=lm, instructions="Answer with a number.", name="solver"
+    )(inputs)
+    program = pf.Program(inputs=inputs, outputs=outputs, name="calculator")
+    program.compile(
+        reward=pf.rewards.ExactMatch(in_mask=["answer"]),
+        optimizer=optimizer if optimizer is not None else pf.optimizers.RandomFewShot(k=k),
+        metrics=metrics,
+    )
+    return program
