@@ -17,7 +17,7 @@ import pydantic
 from promptfit.data.data_model import DataModel
 from promptfit.errors import DataError
 
-__all__ = ["to_data_models", "to_targets"]
+__all__ = ["to_data_model", "to_data_models", "to_targets"]
 
 
 def _rows(data: Any, what: str) -> list[Any]:
@@ -54,34 +54,52 @@ def _validated(
     dump: Callable[[pydantic.BaseModel], Any],
 ) -> list[Any]:
     """Run ``validate`` on every row, turning a failure into a DataError naming row and fields."""
-    out: list[Any] = []
-    for index, row in enumerate(_rows(data, what)):
-        if isinstance(row, pydantic.BaseModel) and not isinstance(row, data_model):
-            row = dump(row)
-        if not isinstance(row, dict | data_model):
-            raise DataError(
-                f"`{what}[{index}]` is a {type(row).__name__}; expected a dict or "
-                f"{data_model.__name__}."
-            )
-        try:
-            out.append(validate(row))
-        except pydantic.ValidationError as exc:
-            fields = sorted(data_model.model_fields)
-            raise DataError(
-                f"`{what}[{index}]` does not match {data_model.__name__} (fields: {fields}): "
-                f"{exc.errors(include_url=False)}"
-            ) from exc
-    return out
+    return [
+        _validated_row(row, data_model, f"`{what}[{index}]`", validate, dump)
+        for index, row in enumerate(_rows(data, what))
+    ]
+
+
+def _validated_row(
+    row: Any,
+    data_model: type[DataModel],
+    label: str,
+    validate: Callable[[Any], Any],
+    dump: Callable[[pydantic.BaseModel], Any],
+) -> Any:
+    if isinstance(row, pydantic.BaseModel) and not isinstance(row, data_model):
+        row = dump(row)
+    if not isinstance(row, dict | data_model):
+        raise DataError(
+            f"{label} is a {type(row).__name__}; expected a dict or {data_model.__name__}."
+        )
+    try:
+        return validate(row)
+    except pydantic.ValidationError as exc:
+        fields = sorted(data_model.model_fields)
+        raise DataError(
+            f"{label} does not match {data_model.__name__} (fields: {fields}): "
+            f"{exc.errors(include_url=False)}"
+        ) from exc
+
+
+def _as_instance(data_model: type[DataModel]) -> Callable[[Any], DataModel]:
+    return lambda row: row if isinstance(row, data_model) else data_model.model_validate(row)
 
 
 def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> list[DataModel]:
     """Validate ``data`` against ``data_model`` and return one instance per row."""
     return _validated(
-        data,
-        data_model,
-        what,
-        lambda row: row if isinstance(row, data_model) else data_model.model_validate(row),
-        lambda model: model.model_dump(),
+        data, data_model, what, _as_instance(data_model), lambda model: model.model_dump()
+    )
+
+
+def to_data_model(value: Any, data_model: type[DataModel], what: str) -> DataModel:
+    """Validate one value (a dict, or a model with the same fields) against ``data_model``.
+
+    What lets a program or a generator be called with a plain dict, like ``evaluate``."""
+    return _validated_row(
+        value, data_model, f"`{what}`", _as_instance(data_model), lambda m: m.model_dump()
     )
 
 

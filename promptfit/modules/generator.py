@@ -166,9 +166,9 @@ class Generator(Module):
             return None
         system, pairs = self._render()
         if isinstance(value, dict) and self.input_data_model is not None:
-            from promptfit.data.adapters import to_data_models
+            from promptfit.data.adapters import to_data_model
 
-            value = to_data_models([value], self.input_data_model, what=f"{self.name}'s input")[0]
+            value = to_data_model(value, self.input_data_model, what=f"{self.name}'s input")
         if not isinstance(value, pydantic.BaseModel):
             raise DataError(
                 f"{self.name}: expected a DataModel instance or a dict as input, "

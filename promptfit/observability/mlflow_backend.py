@@ -423,12 +423,6 @@ class MLflowSpanBackend:
         if self.experiment_id is None:
             self.experiment_id = experiment_id
 
-    @staticmethod
-    def current_run_id() -> str | None:
-        """The run the calling context's traces are linked to, if any."""
-        link = _run_link.get()
-        return link.run[0] if link is not None and link.run is not None else None
-
     def install_log_filter(self) -> None:
         for name in _FILTERED_LOGGERS:
             logging.getLogger(name).addFilter(self._filter)

@@ -29,9 +29,9 @@ def _coerce_input(value: Any, data_model: type[DataModel], program: str) -> Any:
     as ``evaluate`` and ``predict`` do; anything that does not fit is a DataError."""
     if value is None or isinstance(value, data_model):
         return value
-    from promptfit.data.adapters import to_data_models
+    from promptfit.data.adapters import to_data_model
 
-    return to_data_models([value], data_model, what=f"{program}'s input")[0]
+    return to_data_model(value, data_model, what=f"{program}'s input")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -8,6 +8,7 @@ evaluates text from a file. API keys are never written.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import os
@@ -106,6 +107,13 @@ _SAFE_LITELLM_KWARGS = frozenset(
 )
 
 
+# The client's own settings (everything get_config() writes besides extra litellm arguments).
+_LM_CONFIG_FIELDS = frozenset(inspect.signature(LanguageModel).parameters) - {
+    "api_key",
+    "litellm_kwargs",
+}
+
+
 def _is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -140,24 +148,6 @@ def _check_file_language_model(config: dict[str, Any]) -> None:
             "finds in your environment) to their server. If you trust the file, load it with "
             f"safe_mode=False; otherwise pass your own client: language_models={{{name!r}: lm}}."
         )
-
-
-_LM_CONFIG_FIELDS = frozenset(
-    {
-        "model",
-        "api_base",
-        "max_concurrency",
-        "temperature",
-        "max_tokens",
-        "timeout",
-        "max_retries",
-        "retry_min_wait",
-        "retry_max_wait",
-        "cache",
-        "structured_output",
-        "name",
-    }
-)
 
 
 def _build_module(
