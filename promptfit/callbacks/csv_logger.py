@@ -11,9 +11,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._log_files import LogWriteGuard
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
-from promptfit.saving.atomic import atomic_write_text
+from promptfit.saving.atomic import atomic_write_text, durable_append_text
 
 __all__ = ["CSVLogger"]
 
@@ -39,6 +40,10 @@ class CSVLogger(Callback):
     The file is prepared lazily, at the first epoch or batch of the fit rather than in
     ``on_train_begin``: a backup restored in ``on_train_begin`` must be known before the file is
     truncated.
+
+    A file that cannot be written (full disk, permissions) never stops training: one warning
+    is shown, the rows are kept in memory and the next epoch that can write rewrites the file
+    atomically with them; rows still unwritten when the fit ends are reported as lost.
 
     Args:
         filepath: Path of the CSV file (parent directories are created).
@@ -82,6 +87,9 @@ class CSVLogger(Callback):
         self.rows_written = 0
         self._prepared = False
         self._restored: dict[str, Any] | None = None
+        self._pending: list[dict[str, Any]] = []  # rows not on disk yet (a write failed)
+        self._dirty = False  # the last write failed: the file may end in a torn line
+        self._guard = LogWriteGuard("CSVLogger", self.filepath)
 
     # -- hooks -------------------------------------------------------------------------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -90,29 +98,28 @@ class CSVLogger(Callback):
         self._prepared = False
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._prepare()
+        self._guard.attempt(self._prepare)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._prepare()
+        if not self._prepared:
+            self._guard.attempt(self._prepare)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._prepare()
-        logs = dict(logs or {})
-        if self.header is None:
-            self.header = ["epoch", *sorted(k for k in logs if k != "epoch")]
-            self._rewrite([])
-        new_keys = sorted(k for k in logs if k not in self.header and k != "epoch")
-        if new_keys:
-            rows = self._read_rows()
-            self.header = [*self.header, *new_keys]
-            self._rewrite(rows)
-        row = {**logs, "epoch": epoch}
-        self._append_line(self._format([row.get(key) for key in self.header]))
-        self.rows_written += 1
+        self._pending.append({**(logs or {}), "epoch": epoch})
+        self._guard.attempt(self._write_pending)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # No _prepare() here: a fit that failed before its first epoch (a refused backup, say)
         # must leave the previous log untouched.
+        if self._pending and not self._guard.attempt(self._write_pending):
+            warnings.warn(
+                f"CSVLogger: {len(self._pending)} row(s) could not be written to "
+                f"{self.filepath} and are lost (epochs "
+                f"{[row['epoch'] for row in self._pending]}); History still has them.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._pending.clear()
         self._prepared = False
         self._restored = None
 
@@ -130,8 +137,7 @@ class CSVLogger(Callback):
         """Bring the file in line with this fit: fresh, appended to, or cut back to a backup."""
         if self._prepared:
             return
-        self._prepared = True
-        restored, self._restored = self._restored, None
+        restored = self._restored
         if restored is not None:
             self._truncate_to(restored["rows_written"], restored["header"])
         elif self.append and self.filepath.exists():
@@ -145,6 +151,34 @@ class CSVLogger(Callback):
             self.header = None
             self.rows_written = 0
             atomic_write_text(self.filepath, "")
+        self._restored = None  # only now: a failed attempt is repeated at the next hook
+        self._dirty = False
+        self._prepared = True
+
+    def _write_pending(self) -> None:
+        """Write the pending rows: appended normally; the whole file rewritten atomically when
+        the header grows or the previous write failed."""
+        self._prepare()
+        if not self._pending:
+            return
+        rewrite = self._dirty
+        if self.header is None:
+            self.header = ["epoch", *sorted(k for k in self._pending[0] if k != "epoch")]
+            rewrite = True
+        known = set(self.header)
+        new_keys = sorted({k for row in self._pending for k in row} - known - {"epoch"})
+        self._dirty = True  # stays set if this write fails
+        if new_keys or rewrite:
+            rows = self._read_rows() if self.rows_written else []
+            self.header = [*self.header, *new_keys]
+            rows += [{k: _cell(row.get(k)) for k in self.header} for row in self._pending]
+            self._rewrite(rows)
+        else:
+            lines = [self._format([row.get(k) for k in self.header]) for row in self._pending]
+            durable_append_text(self.filepath, "".join(lines))
+        self.rows_written += len(self._pending)
+        self._pending.clear()
+        self._dirty = False
 
     def _truncate_to(self, rows_written: int, header: list[str] | None) -> None:
         """Keep the header and first ``rows_written`` rows the backup knew about."""
@@ -198,13 +232,6 @@ class CSVLogger(Callback):
         for row in rows:
             lines.append(self._format([row.get(k, MISSING) for k in self.header], raw=True))
         atomic_write_text(self.filepath, "".join(lines))
-
-    def _append_line(self, line: str) -> None:
-        self.filepath.parent.mkdir(parents=True, exist_ok=True)
-        with self.filepath.open("a", encoding="utf-8", newline="") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def _format(self, values: list[Any], raw: bool = False) -> str:
         buffer = io.StringIO()

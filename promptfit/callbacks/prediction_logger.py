@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._log_files import LogWriteGuard
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
-from promptfit.saving.atomic import fsync_dir
+from promptfit.saving.atomic import durable_append_text
 
 __all__ = ["PredictionLogger"]
 
@@ -109,6 +111,9 @@ class PredictionLogger(Callback):
         self.epochs_logged: list[int] = []
         self._lines: int | None = None  # complete lines in the file after our last write
         self._restored = False
+        self._pending: list[dict[str, Any]] = []  # records not on disk yet (a write failed)
+        self._dirty = False  # the last write failed: the file may end in a torn line
+        self._guard = LogWriteGuard("PredictionLogger", self.filepath)
 
     def sample_indices(self, n: int) -> list[int]:
         """The indices logged from a split of ``n`` examples (fixed for a given seed)."""
@@ -121,29 +126,44 @@ class PredictionLogger(Callback):
         _truncate(self.filepath, lines[-1][0] if lines else 0)
         self._lines = len(lines)
 
-    def _append(self, records: list[dict[str, Any]]) -> None:
-        self.filepath.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.filepath.exists()
+    def _write_pending(self) -> None:
+        """Append the pending records, first cutting a torn line a failed write left."""
+        if self._dirty:
+            lines = _complete_lines(self.filepath)
+            keep = len(lines) if self._lines is None else min(self._lines, len(lines))
+            _truncate(self.filepath, lines[keep - 1][0] if keep else 0)
+        self._dirty = True  # stays set if this write fails
+        records = self._pending
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-        with self.filepath.open("a", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            fsync_dir(self.filepath.parent)
+        durable_append_text(self.filepath, text)
         self._lines = (self._lines or 0) + len(records)
+        for epoch in dict.fromkeys(r["epoch"] for r in records):
+            self.epochs_logged.append(epoch)
+        self._pending = []
+        self._dirty = False
 
     # -- hooks -------------------------------------------------------------------------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self._restored:
             self.epochs_logged = []
-            self._open_file()
+            self._pending = []
+            if not self._guard.attempt(self._open_file):
+                self._lines, self._dirty = None, True  # cut a torn line at the next write
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._restored = False
+        if self._pending and not self._guard.attempt(self._write_pending):
+            warnings.warn(
+                f"PredictionLogger: {len(self._pending)} record(s) could not be written to "
+                f"{self.filepath} and are lost.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._pending = []
 
     async def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs or epoch in self.epochs_logged:
+        pending = {r["epoch"] for r in self._pending}
+        if (epoch + 1) % self.every_n_epochs or epoch in self.epochs_logged or epoch in pending:
             return
         fit_state = self.program.fit_state
         if fit_state is None:
@@ -170,8 +190,8 @@ class PredictionLogger(Callback):
                 indices, outcome.predictions, outcome.rewards, strict=True
             )
         ]
-        self._append(records)
-        self.epochs_logged.append(epoch)
+        self._pending.extend(records)
+        self._guard.attempt(self._write_pending)
 
     # -- state and config --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

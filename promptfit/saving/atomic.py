@@ -15,7 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "durable_append_text",
+    "fsync_dir",
+]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -49,6 +55,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         raise
     fsync_dir(target.parent)
     return target
+
+
+def durable_append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append UTF-8 ``text`` (whole lines) to ``path`` and fsync it before returning.
+
+    For logs that grow by a line per epoch, where rewriting the file each time would be
+    wasteful. An append is not atomic: a crash (or a full disk) mid-write can leave a torn last
+    line, so readers of such a file drop an unterminated last line (see ``CSVLogger`` and
+    ``PredictionLogger``).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    created = not target.exists()
+    with target.open("a", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if created:
+        fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
