@@ -52,3 +52,11 @@ class LogWriteGuard:
             logger.info("%s: %s is writable again; pending entries written.", self.owner, self.path)
         self.failing = False
         return True
+
+    def report_lost(self, what: str) -> None:
+        """Warn that ``what`` (e.g. "2 row(s) (epochs [0, 1])") never reached the file."""
+        warnings.warn(
+            f"{self.owner}: {what} could not be written to {self.path} and are lost.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

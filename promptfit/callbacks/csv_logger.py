@@ -112,13 +112,8 @@ class CSVLogger(Callback):
         # No _prepare() here: a fit that failed before its first epoch (a refused backup, say)
         # must leave the previous log untouched.
         if self._pending and not self._guard.attempt(self._write_pending):
-            warnings.warn(
-                f"CSVLogger: {len(self._pending)} row(s) could not be written to "
-                f"{self.filepath} and are lost (epochs "
-                f"{[row['epoch'] for row in self._pending]}); History still has them.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            epochs = [row["epoch"] for row in self._pending]
+            self._guard.report_lost(f"{len(epochs)} row(s) (epochs {epochs}, still in History)")
         self._pending.clear()
         self._prepared = False
         self._restored = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +152,7 @@ class PredictionLogger(Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._restored = False
         if self._pending and not self._guard.attempt(self._write_pending):
-            warnings.warn(
-                f"PredictionLogger: {len(self._pending)} record(s) could not be written to "
-                f"{self.filepath} and are lost.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            self._guard.report_lost(f"{len(self._pending)} record(s)")
         self._pending = []
 
     async def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
