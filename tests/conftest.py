@@ -9,9 +9,22 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
+from _local_model_support import pytest_collection_modifyitems  # noqa: F401  (a pytest hook)
 
 import promptfit as pf
 from promptfit.testing import FakeLLMServer
+
+
+@pytest.fixture(autouse=True)
+def _own_response_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own promptfit cache directory (the default response cache is on disk).
+
+    Without it, a reply cached by one test (or by an earlier run of the suite) would turn
+    another test's LM call into a cache hit and change what it counts.
+    """
+    monkeypatch.setenv("PROMPTFIT_CACHE_DIR", str(tmp_path_factory.mktemp("promptfit-cache")))
 
 
 @pytest.fixture(scope="session")

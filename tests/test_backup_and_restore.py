@@ -4,9 +4,9 @@ Why these tests: the whole point of the callback is that hours of paid LM calls 
 crash. So the central test kills real training processes with SIGKILL (no cleanup code runs)
 at several moments -- at an epoch boundary and mid-epoch, twice in a row -- and checks that the
 resumed run ends with the same variables, optimizer state and reward/metric history as an
-uninterrupted run. Usage columns (``lm_calls``, ``tokens``...) are not compared: work done by a
-killed process before its last backup was really paid for and is redone after the resume, so
-those counts legitimately differ.
+uninterrupted run, usage columns (``lm_calls``, ``tokens``, ``cost``...) included: the replies a
+killed process paid for after its last backup are in the on-disk response cache, so the resumed
+run pays for none of them again and counts them exactly as the uninterrupted run did.
 
 The other tests use in-process crashes (a callback that raises) because they are fast and
 deterministic: mismatched runs are refused with the difference named, corrupt backups fail
@@ -45,6 +45,8 @@ from tests.conftest import Answer, Query, arithmetic_data
 
 SCRIPT = Path(__file__).parent / "_scripts" / "fit_script.py"
 COMPARED = ("reward", "accuracy", "val_reward", "val_accuracy")
+USAGE = ("lm_calls", "tokens", "cost", "failed_calls")
+EVERY_COLUMN = (*COMPARED, *USAGE, *(f"val_{key}" for key in USAGE))
 
 
 def _load_script() -> ModuleType:
@@ -357,9 +359,65 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(
         assert result["optimizer"] == reference["optimizer"]  # RNG, population, pool
         assert result["epochs"] == reference["epochs"]  # same early-stopping epoch
         assert _columns(result["history"]) == _columns(reference["history"])
+        # Usage too: nothing paid before the crash is paid (or counted) twice, nothing lost.
+        every = {key: result["history"][key] for key in EVERY_COLUMN}
+        assert every == {key: reference["history"][key] for key in EVERY_COLUMN}
         # No duplicate or missing CSV rows, and the finished run removed its backup.
         assert _csv_epochs(tmp_path / name / "log.csv") == list(range(n_epochs))
         assert not (tmp_path / name / "backup").exists()
+
+
+def _paid_after_backup(workdir: Path, state: dict[str, Any]) -> int:
+    """Replies the killed run paid for in the epoch its backup had not yet covered."""
+    import sqlite3
+
+    db = sqlite3.connect(workdir / "cache" / "responses.sqlite")
+    try:
+        origins = [
+            json.loads(v).get("origin") or "" for (v,) in db.execute("SELECT value FROM responses")
+        ]
+    finally:
+        db.close()
+    prefix = f"{state['run_id']}:{state['epoch']}:"
+    return sum(origin.startswith(prefix) for origin in origins)
+
+
+def test_calls_paid_after_the_last_backup_are_neither_paid_nor_counted_twice(
+    llm_server: FakeLLMServer, fork_server: ForkServer, tmp_path: Path
+) -> None:
+    """Killed mid-epoch with calls paid since its epoch backup: the resumed run's whole history,
+    usage included, equals the uninterrupted run's, and the server saw no request twice."""
+    url = llm_server.base_url
+    wire_model = FakeLLMServer.model("arith", min_examples=2, latency_ms=100.0, tag="resume")
+    wire_model = wire_model.split("/", 1)[1]
+    llm_server.reset(wire_model)
+    reference = asyncio.run(fit_script.run(url, tmp_path / "reference", latency_ms=100.0))
+    paid = sum(reference["history"]["lm_calls"])
+    assert llm_server.stats()["by_model"][wire_model] == paid
+    first_seen: list[float] = []
+
+    def after_paid_calls(state: dict[str, Any]) -> bool:
+        # The first backup is written at the end of epoch 0; 150 ms later (100 ms per call)
+        # the first batch of epoch 1 has been paid for, and the second is in flight.
+        first_seen.append(time.monotonic())
+        return time.monotonic() - first_seen[0] > 0.15
+
+    killed = Run(fork_server, url, tmp_path / "run", "--latency-ms", "100")
+    _kill_when([(killed, after_paid_calls)])
+    assert killed.killed_at is not None
+    backup = _backup_state(tmp_path / "run" / "backup")
+    assert backup is not None
+    assert _paid_after_backup(tmp_path / "run", backup) > 0, "the kill came before any paid call"
+    resumed = Run(fork_server, url, tmp_path / "run", "--latency-ms", "100")
+    resumed.finish()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["variables"] == reference["variables"]
+    every = {key: result["history"][key] for key in EVERY_COLUMN}
+    assert every == {key: reference["history"][key] for key in EVERY_COLUMN}
+    # The killed and the resumed process together sent what one run sends, plus at most the
+    # batch (2 requests) that was in flight, unanswered, when the kill came.
+    sent = llm_server.stats()["by_model"][wire_model] - paid
+    assert paid <= sent <= paid + 2
 
 
 # --------------------------------------------------------------------------------------

@@ -33,7 +33,12 @@ from tenacity import (
 from promptfit.data.data_model import json_schema_of
 from promptfit.errors import ConfigurationError, LMConfigurationError
 from promptfit.language_models._litellm import litellm
-from promptfit.language_models.cache import ResponseCache, request_key
+from promptfit.language_models.cache import (
+    ResponseCache,
+    call_origin,
+    default_cache_path,
+    request_key,
+)
 from promptfit.language_models.request import parse_json_reply, response_format
 from promptfit.language_models.usage import Usage
 from promptfit.observability.spans import span, span_backend
@@ -149,8 +154,10 @@ class LanguageModel:
         max_retries: Retries after the first attempt for transient errors and invalid JSON.
         retry_min_wait: First backoff in seconds; it doubles per retry, with jitter.
         retry_max_wait: Longest single wait, also the cap on a provider's ``Retry-After``.
-        cache: ``True`` for an in-memory cache, a path for a persistent SQLite cache as well,
-            ``False`` to disable caching.
+        cache: ``True`` (default) caches replies in memory and in promptfit's shared on-disk
+            cache (``~/.cache/promptfit/responses.sqlite`` on Linux, bounded in size; set
+            ``PROMPTFIT_CACHE_DIR`` to move it), so a repeated or resumed fit pays for no
+            call twice; a path uses that SQLite file instead; ``False`` disables caching.
         structured_output: ``"auto"`` asks for a JSON-schema ``response_format`` and falls
             back to JSON-in-text if the provider rejects it; ``"json_schema"`` or
             ``"json_text"`` force one mode.
@@ -215,7 +222,7 @@ class LanguageModel:
         if cache is False:
             self.cache = None
         elif cache is True:
-            self.cache = ResponseCache()
+            self.cache = ResponseCache(path=default_cache_path())
         else:
             self.cache = ResponseCache(path=cache)
         self.usage = Usage()
@@ -229,6 +236,7 @@ class LanguageModel:
         # its limiter up; the loop is held weakly, as in ``_limiters``.
         self._last_limiter: tuple[Any, anyio.Semaphore] | None = None
         self._inflight: dict[str, asyncio.Future[Generation]] = {}
+        self._replayed: set[str] = set()
         if model.startswith("local/"):
             from promptfit.language_models.local import register_local_provider
 
@@ -324,7 +332,8 @@ class LanguageModel:
             except pydantic.ValidationError:
                 value = None
             if value is not None:
-                self.usage.add(cache_hits=1)
+                if not self._replay(key, hit):
+                    self.usage.add(cache_hits=1)
                 if span_backend() is not None:
                     with span(f"{self.name}.call", "CHAT_MODEL", {"messages": messages}) as handle:
                         handle.set_attributes({"model": self.model, "cache_hit": True})
@@ -399,8 +408,32 @@ class LanguageModel:
                 )
                 handle.set_outputs(raw)
         if store:
-            await self.cache.put(key, {"value": raw})  # type: ignore[union-attr]
+            entry = {"value": raw, "usage": list(usage), "origin": call_origin.get()}
+            await self.cache.put(key, entry)  # type: ignore[union-attr]
         return Generation(value)
+
+    def _replay(self, key: str, hit: dict[str, Any]) -> bool:
+        """Count a cached reply as the call it was, if this fit paid for it at this very step.
+
+        A fit killed after its last backup and resumed runs the same steps again. The replies
+        it paid for before the crash are on disk; the resumed steps get them without a request,
+        and their usage is counted as the uninterrupted run counted it (``lm_calls``, tokens,
+        cost), so its history matches an uninterrupted run's. The origin names the fit's run
+        id, epoch and step, so a later step asking the same question again is an ordinary
+        cache hit, as it would have been without the crash.
+
+        Returns:
+            Whether the hit was counted as a replayed call.
+        """
+        origin = call_origin.get()
+        if origin is None or hit.get("origin") != origin or key in self._replayed:
+            return False
+        self._replayed.add(key)
+        prompt_tokens, completion_tokens, cost = hit.get("usage") or (0, 0, 0.0)
+        self.usage.add(
+            calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost
+        )
+        return True
 
     async def _call_with_retries(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,9 @@ class FitState:
     reward_total: float = 0.0
     reward_count: int = 0
     epoch_usage_start: Usage = field(default_factory=Usage)
+    # Identifies this fit across a crash and its resume (restored from the backup): LM replies
+    # are cached with the run id and step that paid for them (see ``call_origin``).
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     callbacks: CallbackList | None = None
     history: Any = None
     optimizer: Optimizer | None = None
@@ -94,6 +98,10 @@ class FitState:
     @property
     def global_step(self) -> int:
         return self.epoch * self.steps_per_epoch + self.step
+
+    def origin(self, epoch: int, where: int | str) -> str:
+        """The ``call_origin`` of LM calls made at ``where`` (a step, ``"end"``, ``"val"``)."""
+        return f"{self.run_id}:{epoch}:{where}"
 
     def begin_epoch(self, metrics: list[Metric], usage: Usage) -> None:
         self.metrics = metrics
@@ -129,6 +137,7 @@ class FitState:
                     callbacks[self.callback_key(index, callback)] = state
         lms = program.all_language_models()
         return {
+            "run_id": self.run_id,
             "seed": self.seed,
             "epochs": self.epochs,
             "epoch": self.epoch,
@@ -162,6 +171,7 @@ class FitState:
     def load_state_dict(self, program: Program, saved: dict[str, Any], exclude: Any = None) -> None:
         """Restore a snapshot made by :meth:`state_dict` (after :meth:`check_compatible`)."""
         self.check_compatible(saved)
+        self.run_id = str(saved.get("run_id") or self.run_id)
         self.seed = saved["seed"]
         self.epoch = saved["epoch"]
         self.step = saved["step"]

@@ -20,6 +20,7 @@ from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
 from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
+from promptfit.language_models.cache import call_origin
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
 from promptfit.rewards.reward import Reward, get_reward
@@ -475,6 +476,7 @@ class Trainer:
         val_batches = _batches(len(val_xs), val_batch_size)
 
         epoch_logs: dict[str, Any] = {}
+        origin_token = call_origin.set(None)
         try:
             await cbs.on_train_begin({})
             epoch = state.epoch
@@ -491,6 +493,7 @@ class Trainer:
                     await cbs.on_epoch_begin(epoch, {})
                 for step in range(state.step, len(batches)):
                     indices = [order[i] for i in batches[step]]
+                    call_origin.set(state.origin(epoch, step))
                     await cbs.call("on_train_batch_begin", step, {})
                     outcome = await self.run_batch(
                         [xs[i] for i in indices], [ys[i] for i in indices], trace=True
@@ -502,9 +505,11 @@ class Trainer:
                     await cbs.call("on_train_batch_end", step, batch_logs)
                     if self.stop_training:
                         break
+                call_origin.set(state.origin(epoch, "end"))
                 await optimizer.on_epoch_end(epoch)
                 epoch_logs = self._train_logs(state)
                 if val_xs:
+                    call_origin.set(state.origin(epoch, "val"))
                     # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
                     val_logs = await self._evaluate_loop(val_xs, val_ys, val_batches, cbs)
                     epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
@@ -518,8 +523,10 @@ class Trainer:
             try:
                 await cbs.on_train_error(error)
             finally:
+                call_origin.reset(origin_token)
                 await cbs.on_train_end(epoch_logs)
             raise
+        call_origin.reset(origin_token)
         await cbs.on_train_end(epoch_logs)
         return history
 

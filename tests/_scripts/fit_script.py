@@ -22,8 +22,8 @@ after SIGKILL). It exits when stdin closes.
 Each run trains the fake server's arithmetic program with ``BackupAndRestore(WORKDIR/backup)``,
 ``CSVLogger(WORKDIR/log.csv)`` and, when that callback exists, ``EarlyStopping``; then writes
 ``WORKDIR/result.json`` with the final variables, the optimizer state and the history.
-The LM cache is off so that every call pays ``latency_ms``, which spreads the run over time
-and lets a kill land mid-epoch.
+The LM cache is promptfit's default on-disk cache, in ``WORKDIR/cache`` (``PROMPTFIT_CACHE_DIR``),
+shared by the killed process and its resume, as a user's per-user cache would be.
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ async def build(base_url: str, latency_ms: float) -> pf.Program:
         model=FakeLLMServer.model("arith", min_examples=2, latency_ms=latency_ms, tag="resume"),
         api_base=base_url,
         api_key="sk-fake",  # the fake server accepts any key
-        cache=False,
         max_retries=0,
     )
     inputs = pf.Input(data_model=Query)
@@ -114,6 +113,7 @@ async def run(
 ) -> dict[str, Any]:
     """Train once and write (and return) ``WORKDIR/result.json``."""
     workdir = Path(workdir)
+    os.environ["PROMPTFIT_CACHE_DIR"] = str(workdir / "cache")
     program = await build(base_url, latency_ms)
     # Small on purpose (every LM call costs test time): 2 batches per epoch, 2 validation rows.
     xs, ys = data(4)
