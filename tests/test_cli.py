@@ -44,8 +44,8 @@ def test_quickstart_improves_and_writes_everything(
 ) -> None:
     done = _quickstart(llm_server, tmp_path / "run")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "validation accuracy" in done.stdout
-    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("validation accuracy"))
+    assert "test accuracy (held out)" in done.stdout
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("test accuracy"))
     before, after = (float(v) for v in line.split()[-3::2])
     assert after > before
     run = tmp_path / "run"
