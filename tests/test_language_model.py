@@ -66,7 +66,9 @@ def test_exhausted_retries_become_a_recorded_failure(
     assert result.value is None
     assert result.error and "ServiceUnavailable" in result.error
     assert lm.usage.failed_calls == 1
-    assert lm.usage.calls == 0  # no successful request reached the token counters
+    # Every request sent is a call: the first attempt and its 3 retries (issue 11, item 13).
+    assert lm.usage.calls == 4 and lm.usage.retries == 3
+    assert lm.usage.tokens == 0  # no reply, no tokens
 
 
 def test_malformed_json_is_retried(make_lm: Callable[..., pf.LanguageModel]) -> None:
@@ -91,8 +93,8 @@ def test_json_text_fallback_when_schema_is_rejected(
     lm = make_lm("arith", no_json_schema=1)
     result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
     assert result.value is not None and result.value.answer == "5"
-    assert lm._mode == "json_text"
-    # Later calls go straight to JSON-in-text.
+    assert lm.output_mode == "json_object_schema"  # the next mode the server accepts
+    # Later calls go straight to the negotiated mode.
     again = asyncio.run(lm.generate(_messages(_gen(lm), "What is 4 + 4?"), Answer))
     assert again.value is not None and again.value.answer == "8"
 
