@@ -212,7 +212,8 @@ def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any
         litellm.get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
     except Exception as exc:
         raise LMConfigurationError(
-            f"litellm cannot route model={model!r}: {server_message(exc).splitlines()[0]} "
+            f"litellm cannot route model={model!r} "
+            f"({server_message(exc).splitlines()[0].rstrip('. ')}). "
             "Name the provider in the model string, e.g. 'openai/gpt-4o-mini' or "
             "'ollama/llama3'; for your own OpenAI-compatible server use "
             "model='openai/<served name>' with api_base='http://host:port/v1'; for the "

@@ -144,7 +144,8 @@ def _hint(error: BaseException) -> str:
             "the server does not accept the pinned structured_output mode: use "
             "structured_output='auto' to negotiate one, or pin 'json_text'."
         )
-    if name in ("APIConnectionError", "ServiceUnavailableError") or status in (502, 503):
+    unreachable = "connection error" in str(error).lower() or "connect" in name.lower()
+    if unreachable or name == "ServiceUnavailableError" or status in (502, 503):
         return "is the server running and reachable? Check `api_base` and the server's logs."
     if name == "Timeout" or status == 504:
         return "the server is too slow: raise `timeout` or lower `max_concurrency`."
