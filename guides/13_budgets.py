@@ -16,6 +16,10 @@ callbacks put a ceiling on that:
   produce the schema, every batch then "trains" on zeros while paying for retries. This
   callback stops the run when a batch's predictions fail (``max_failure_rate``, by default
   1.0: all of them) or when failed calls in an epoch reach ``max_failed_calls``.
+* Before either, ``fit`` and ``evaluate`` stop a run whose first LM calls all fail the same
+  way (a dead server, a wrong model name): they raise ``LMCallsFailingError`` quoting the
+  server and saying what to try. ``fail_fast=False`` turns that into one warning, for runs
+  that should go on and leave the decision to ``TerminateOnError``.
 
 Cost comes from litellm's price table for hosted models. The local and test models are free,
 so this guide gives its model a made-up price (litellm's ``input_cost_per_token`` and
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 
 from _common import arithmetic, calculator, cli, describe_backend, language_model, section
 
@@ -78,9 +83,9 @@ async def main() -> None:
     print(f"stopped_reason={budget.stopped_reason}, tokens={budget.consumed['tokens']}")
     print("its configuration:", budget.get_config())
 
-    section("4. TerminateOnError: stop paying for a dead provider")
+    section("4. A dead provider: fail fast, or TerminateOnError")
     # A provider that cannot be reached: nothing listens on port 9. Every call fails after
-    # its retries and becomes a None prediction, so without the callback fit would go on.
+    # its retries and becomes a None prediction.
     dead = pf.LanguageModel(
         model="openai/any-model",
         api_base="http://127.0.0.1:9/v1",
@@ -89,8 +94,17 @@ async def main() -> None:
         retry_min_wait=0.01,
     )
     program = await calculator(dead)
+    try:
+        await program.fit(x, y, epochs=5, batch_size=4, verbose=0)
+    except pf.errors.LMCallsFailingError as error:
+        print("fit stopped at once:", str(error).split(". The first error")[0])
+    # fail_fast=False: one warning, and the run goes on until TerminateOnError stops it.
     guard = pf.callbacks.TerminateOnError()  # default: stop when a whole batch failed
-    history = await program.fit(x, y, epochs=5, batch_size=4, callbacks=[guard], verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the one warning, already shown above
+        history = await program.fit(
+            x, y, epochs=5, batch_size=4, callbacks=[guard], verbose=0, fail_fast=False
+        )
     # 8 failed calls for 4 examples: the optimizer also scored a candidate prompt on the batch.
     print(f"ran {len(history.epoch)} of 5 epochs, {history.history['failed_calls']} failed calls")
     print("stopped_reason:", guard.stopped_reason)
@@ -101,7 +115,13 @@ async def main() -> None:
     flaky = language_model("arith", fail_first=1, tag="flaky", max_retries=0)
     program = await calculator(flaky)
     guard = pf.callbacks.TerminateOnError(max_failure_rate=0.5, max_failed_calls=3)
-    history = await program.fit(x, y, epochs=3, batch_size=4, callbacks=[guard], verbose=0)
+    # Every first attempt fails and retries are off, so the run's first calls all fail:
+    # fail_fast=False leaves the decision to the guard.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = await program.fit(
+            x, y, epochs=3, batch_size=4, callbacks=[guard], verbose=0, fail_fast=False
+        )
     print(f"ran {len(history.epoch)} of 3 epochs; stopped_reason: {guard.stopped_reason}")
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "DataError",
+    "LMCallsFailingError",
     "LMConfigurationError",
     "MonitorKeyError",
     "PromptfitError",
@@ -52,6 +53,14 @@ class LMConfigurationError(PromptfitError, RuntimeError):
 
     Authentication failures, unknown models and permission errors end the run at once
     instead of turning every example into a recorded failure.
+    """
+
+
+class LMCallsFailingError(LMConfigurationError):
+    """Every LM call at the start of a ``fit``/``evaluate`` failed the same way.
+
+    Raised before the rest of the data is spent (``fail_fast=True``, the default), quoting the
+    server's own message and what to try; with ``fail_fast=False`` it is a warning instead.
     """
 
 

@@ -66,7 +66,9 @@ def test_exhausted_retries_become_a_recorded_failure(
     assert result.value is None
     assert result.error and "ServiceUnavailable" in result.error
     assert lm.usage.failed_calls == 1
-    assert lm.usage.calls == 0  # no successful request reached the token counters
+    # Every request sent is a call: the first attempt and its 3 retries (issue 11, item 13).
+    assert lm.usage.calls == 4 and lm.usage.retries == 3
+    assert lm.usage.tokens == 0  # no reply, no tokens
 
 
 def test_malformed_json_is_retried(make_lm: Callable[..., pf.LanguageModel]) -> None:
@@ -91,8 +93,8 @@ def test_json_text_fallback_when_schema_is_rejected(
     lm = make_lm("arith", no_json_schema=1)
     result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
     assert result.value is not None and result.value.answer == "5"
-    assert lm._mode == "json_text"
-    # Later calls go straight to JSON-in-text.
+    assert lm.output_mode == "json_object_schema"  # the next mode the server accepts
+    # Later calls go straight to the negotiated mode.
     again = asyncio.run(lm.generate(_messages(_gen(lm), "What is 4 + 4?"), Answer))
     assert again.value is not None and again.value.answer == "8"
 
@@ -167,11 +169,52 @@ def test_config_never_contains_the_key(make_lm: Callable[..., pf.LanguageModel])
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"max_retries": -1}, "max_retries"),
         ({"structured_output": "xml"}, "structured_output"),
+        ({"structured_output_mode": "grammar"}, "structured_output_mode"),
+        # Issue 11 item 10: typed errors that name the fix instead of raw TypeErrors.
+        ({"max_concurrency": "8"}, r"max_concurrency.*pass max_concurrency=8"),
+        ({"max_concurrency": True}, "max_concurrency"),
+        ({"cache": 123}, "cache.*True, False or a file path"),
+        ({"timeout": -1}, r"timeout.*> 0"),
+        ({"timeout": "60"}, "timeout"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"retry_min_wait": 5, "retry_max_wait": 1}, "retry_min_wait"),
+        ({"temperature": float("nan")}, "temperature"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         pf.LanguageModel(model="openai/x", **kwargs)
+
+
+@pytest.mark.parametrize("model", ["nonsense", "foo/bar", "gpt-4o-mini-typo-but-no-provider"])
+def test_a_model_litellm_cannot_route_fails_at_construction(model: str) -> None:
+    with pytest.raises(LMConfigurationError, match=r"cannot route.*openai/<served name>"):
+        pf.LanguageModel(model=model, api_base="http://127.0.0.1:9/v1")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"model": "local/gemma-3-270m"},
+        {"model": "openai/my-model", "api_base": "http://127.0.0.1:9/v1"},
+        {"model": "hosted_vllm/my-model", "api_base": "http://127.0.0.1:9/v1"},
+        {"model": "my-model", "api_base": "http://127.0.0.1:9/v1", "custom_llm_provider": "openai"},
+        {"model": "ollama/llama3"},
+    ],
+)
+def test_routable_models_are_accepted(kwargs: dict) -> None:
+    assert pf.LanguageModel(**kwargs).model == kwargs["model"]
+
+
+def test_backoff_jitter_respects_retry_min_wait() -> None:
+    """Issue 11 item 12: the jitter scales with retry_min_wait (it added up to 1 s before)."""
+    lm = pf.LanguageModel(model="openai/x", retry_min_wait=0.01, retry_max_wait=5.0)
+    first = [lm._backoff(1, None) for _ in range(200)]
+    assert all(0.01 <= w <= 0.015 for w in first)
+    third = [lm._backoff(3, None) for _ in range(200)]
+    assert all(0.04 <= w <= 0.06 for w in third)
+    capped = pf.LanguageModel(model="openai/x", retry_min_wait=1.0, retry_max_wait=2.0)
+    assert all(1.0 <= capped._backoff(5, None) <= 2.0 for _ in range(50))
 
 
 def test_concurrent_requests_all_fall_back_to_text(

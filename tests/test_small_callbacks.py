@@ -230,9 +230,11 @@ def test_terminate_on_error_default_stops_when_a_whole_batch_failed(calc_program
 
     async def main() -> Any:
         program = await calc_program(error_rate=1.0, lm_kwargs={"max_retries": 0})
-        return await _fit(program, epochs=3, callbacks=[terminate, log])
+        # fail_fast=False: let TerminateOnError, not the all-calls-failing check, stop it.
+        return await _fit(program, epochs=3, callbacks=[terminate, log], fail_fast=False)
 
-    history = asyncio.run(main())
+    with pytest.warns(RuntimeWarning, match="LM calls of this run"):
+        history = asyncio.run(main())
     assert [(e, b) for e, b, *_ in log.batches] == [(0, 0)]
     assert "2 of 2 predictions failed" in terminate.stopped_reason
     assert "terminating training" in capsys.readouterr().out
@@ -275,9 +277,10 @@ def test_terminate_on_error_rate_is_per_prediction_not_per_request(calc_program)
 
     async def main() -> Any:
         program = await calc_program(malformed_rate=1.0, lm_kwargs={"max_retries": 1})
-        return await _fit(program, epochs=2, callbacks=[terminate, log])
+        return await _fit(program, epochs=2, callbacks=[terminate, log], fail_fast=False)
 
-    asyncio.run(main())
+    with pytest.warns(RuntimeWarning, match="LM calls of this run"):
+        asyncio.run(main())
     (_, _, logs, _) = log.batches[0]
     assert logs["failed_calls"] / logs["lm_calls"] <= 0.5  # the misleading ratio
     assert len(log.batches) == 1 and terminate.stopped_reason is not None
@@ -418,9 +421,12 @@ def test_prediction_logger_every_n_epochs_train_fallback_and_failures(calc_progr
     async def main() -> None:
         program = await calc_program(error_rate=1.0, lm_kwargs={"max_retries": 0})
         x, y = arithmetic_data(3)
-        await program.fit(x, y, batch_size=3, epochs=3, verbose=0, callbacks=[logger])
+        await program.fit(
+            x, y, batch_size=3, epochs=3, verbose=0, callbacks=[logger], fail_fast=False
+        )
 
-    asyncio.run(main())
+    with pytest.warns(RuntimeWarning, match="LM calls of this run"):
+        asyncio.run(main())
     records = _read_jsonl(path)
     assert [(r["epoch"], r["index"], r["split"]) for r in records] == [
         (1, 0, "train"),

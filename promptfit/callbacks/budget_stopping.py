@@ -102,6 +102,9 @@ class BudgetStopping(Callback):
         self._pending: dict[str, float] | None = None
         self._restored = False
         self._epoch = 0
+        # What the finished run consumed: read after the fit, outside its usage scope, the
+        # program's usage totals are the LMs' global ones (other runs included).
+        self._final: dict[str, float] | None = None
 
     # -- accounting ---------------------------------------------------------------------------
     def _totals(self) -> dict[str, float]:
@@ -115,6 +118,8 @@ class BudgetStopping(Callback):
     @property
     def consumed(self) -> dict[str, float]:
         """What this run has used so far: ``{"cost", "tokens", "calls"}``."""
+        if self._final is not None:
+            return dict(self._final)
         if self._start is None or self._program is None:
             return dict(self._pending or {"cost": 0.0, "tokens": 0, "calls": 0})
         totals = self._totals()
@@ -149,6 +154,7 @@ class BudgetStopping(Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         fit_state = getattr(self.program, "fit_state", None)
         self._epoch = fit_state.epoch if fit_state is not None else 0
+        self._final = None
         if self._pending is not None:
             # Restored before the program was attached: count on from the backup's amount.
             self._rebase(self._pending)
@@ -175,6 +181,7 @@ class BudgetStopping(Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         # The next fit with this instance starts a fresh count unless a backup is restored.
+        self._final = self.consumed
         self._restored = False
 
     # -- state and config ------------------------------------------------------------------------
@@ -198,6 +205,7 @@ class BudgetStopping(Callback):
             "tokens": int(state["consumed"].get("tokens", 0)),
             "calls": int(state["consumed"].get("calls", 0)),
         }
+        self._final = None
         self.stopped_reason = state.get("stopped_reason")
         self.stopped_epoch = state.get("stopped_epoch")
         self._restored = True

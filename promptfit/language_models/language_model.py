@@ -14,21 +14,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import os
+import random
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import anyio
 import pydantic
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from promptfit.data.data_model import json_schema_of
 from promptfit.errors import ConfigurationError, LMConfigurationError
@@ -39,7 +36,19 @@ from promptfit.language_models.cache import (
     default_cache_path,
     request_key,
 )
-from promptfit.language_models.request import parse_json_reply, response_format
+from promptfit.language_models.request import parse_json_reply
+from promptfit.language_models.scope import add_usage, record_generation
+from promptfit.language_models.structured import (
+    MODES,
+    OutputMode,
+    StructuredOutput,
+    is_format_refusal,
+    lower_mode,
+    mode_of,
+    next_mode,
+    response_format_for,
+    server_message,
+)
 from promptfit.language_models.usage import Usage
 from promptfit.observability.spans import span, span_backend
 
@@ -47,11 +56,21 @@ __all__ = ["Generation", "LanguageModel"]
 
 logger = logging.getLogger("promptfit")
 
-StructuredOutput = Literal["auto", "json_schema", "json_text"]
+_STRUCTURED_OUTPUTS: tuple[str, ...] = get_args(StructuredOutput)
+
+# The mode each endpoint (model string, api_base) was last found to accept, so a second
+# client of the same server starts there instead of negotiating again.
+_ENDPOINT_MODES: dict[tuple[str, str | None], OutputMode] = {}
+# Endpoints whose working mode was logged at INFO already (once per process).
+_LOGGED_MODES: set[tuple[str, str | None, OutputMode]] = set()
 
 
 class InvalidOutputError(ValueError):
     """The reply was not valid JSON for the requested data model (retryable)."""
+
+
+class StructuredOutputRefusedError(ValueError):
+    """The server refused the pinned structured-output mode (never retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +117,6 @@ def _retry_after(exc: BaseException | None) -> float | None:
         return None
 
 
-def _is_unsupported_schema(exc: BaseException) -> bool:
-    if isinstance(exc, litellm.UnsupportedParamsError):
-        return True
-    if isinstance(exc, litellm.BadRequestError):
-        text = str(exc).lower()
-        return "response_format" in text or "json_schema" in text
-    return False
-
-
 class _NoopSpan:
     """What an LM call records into when no tracing backend is installed."""
 
@@ -131,12 +141,89 @@ def _new_semaphore(value: int) -> anyio.Semaphore:
         return anyio.Semaphore(value)
 
 
-def _retry_state(attempt_number: int, exc: BaseException) -> RetryCallState:
-    """The tenacity state ``LanguageModel._wait`` reads, for a failed attempt."""
-    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-    state.attempt_number = attempt_number
-    state.set_exception((type(exc), exc, exc.__traceback__))
-    return state
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arguments(
+    *,
+    max_concurrency: Any,
+    temperature: Any,
+    max_tokens: Any,
+    timeout: Any,
+    max_retries: Any,
+    retry_min_wait: Any,
+    retry_max_wait: Any,
+    cache: Any,
+    structured_output: Any,
+    structured_output_mode: Any,
+) -> None:
+    """Typed errors, each naming the fix, for the client's own settings."""
+
+    def positive_int(name: str, value: Any, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            hint = f" (pass {name}={int(value)})" if _is_integer_text(value) else ""
+            raise ConfigurationError(
+                f"`{name}` must be an integer >= {minimum}, got {value!r}{hint}."
+            )
+
+    positive_int("max_concurrency", max_concurrency, 1)
+    positive_int("max_retries", max_retries, 0)
+    if max_tokens is not None:
+        positive_int("max_tokens", max_tokens, 1)
+    if not _is_number(temperature) or temperature < 0:
+        raise ConfigurationError(f"`temperature` must be a number >= 0, got {temperature!r}.")
+    if not _is_number(timeout) or timeout <= 0:
+        raise ConfigurationError(
+            f"`timeout` must be a number of seconds > 0, got {timeout!r} (e.g. timeout=60)."
+        )
+    for name, value in (("retry_min_wait", retry_min_wait), ("retry_max_wait", retry_max_wait)):
+        if not _is_number(value) or value < 0:
+            raise ConfigurationError(f"`{name}` must be a number of seconds >= 0, got {value!r}.")
+    if retry_min_wait > retry_max_wait:
+        raise ConfigurationError(
+            f"`retry_min_wait` ({retry_min_wait}) must not exceed `retry_max_wait` "
+            f"({retry_max_wait})."
+        )
+    if not isinstance(cache, bool | str | os.PathLike):
+        raise ConfigurationError(
+            f"`cache` must be True, False or a file path for a persistent cache, got {cache!r}."
+        )
+    if structured_output not in _STRUCTURED_OUTPUTS:
+        raise ConfigurationError(
+            f"`structured_output` must be one of {', '.join(map(repr, _STRUCTURED_OUTPUTS))}, "
+            f"got {structured_output!r}."
+        )
+    if structured_output_mode is not None and structured_output_mode not in MODES:
+        raise ConfigurationError(
+            f"`structured_output_mode` must be None or one of {', '.join(map(repr, MODES))}, "
+            f"got {structured_output_mode!r}."
+        )
+
+
+def _is_integer_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any]) -> None:
+    """Refuse at construction a model string that litellm cannot send anywhere.
+
+    Raises:
+        LMConfigurationError: litellm finds no provider for ``model`` (otherwise every call
+            of the run would fail the same way).
+    """
+    provider = litellm_kwargs.get("custom_llm_provider")
+    try:
+        litellm.get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
+    except Exception as exc:
+        raise LMConfigurationError(
+            f"litellm cannot route model={model!r} "
+            f"({server_message(exc).splitlines()[0].rstrip('. ')}). "
+            "Name the provider in the model string, e.g. 'openai/gpt-4o-mini' or "
+            "'ollama/llama3'; for your own OpenAI-compatible server use "
+            "model='openai/<served name>' with api_base='http://host:port/v1'; for the "
+            "embedded model use 'local/gemma-3-270m'."
+        ) from exc
 
 
 class LanguageModel:
@@ -145,6 +232,7 @@ class LanguageModel:
     Args:
         model: Any litellm model string (``"openai/gpt-4o-mini"``, ``"ollama/llama3"``...), or
             ``"local/gemma-3-270m"`` for the embedded offline model (``promptfit[local]``).
+            A string litellm cannot route raises :class:`~promptfit.errors.LMConfigurationError`.
         api_base: Endpoint URL for OpenAI-compatible servers.
         api_key: The key. Used for requests only: never saved, cached, logged or tracked.
         max_concurrency: Most requests in flight at once for this model.
@@ -152,15 +240,21 @@ class LanguageModel:
         max_tokens: Cap on completion tokens, or ``None`` for the provider's default.
         timeout: Seconds before one request is abandoned (and retried).
         max_retries: Retries after the first attempt for transient errors and invalid JSON.
-        retry_min_wait: First backoff in seconds; it doubles per retry, with jitter.
+        retry_min_wait: First backoff in seconds; it doubles per retry, with up to 50 % of
+            jitter added (never less than ``retry_min_wait``).
         retry_max_wait: Longest single wait, also the cap on a provider's ``Retry-After``.
         cache: ``True`` (default) caches replies in memory and in promptfit's shared on-disk
             cache (``~/.cache/promptfit/responses.sqlite`` on Linux, bounded in size; set
             ``PROMPTFIT_CACHE_DIR`` to move it), so a repeated or resumed fit pays for no
             call twice; a path uses that SQLite file instead; ``False`` disables caching.
-        structured_output: ``"auto"`` asks for a JSON-schema ``response_format`` and falls
-            back to JSON-in-text if the provider rejects it; ``"json_schema"`` or
-            ``"json_text"`` force one mode.
+        structured_output: How replies are made JSON. ``"auto"`` (default) negotiates: it tries
+            ``"json_schema"``, then ``"json_object_schema"`` (``json_object`` with the schema,
+            as llama.cpp and vLLM take it), then ``"json_object"``, then ``"json_text"`` (the
+            schema in the prompt only), stepping down when the server answers that it does not
+            support a format, and remembers the mode that works. Any of those four names pins
+            one mode. See "Using your own server" in the docs.
+        structured_output_mode: Where ``"auto"`` starts: the mode an earlier negotiation
+            settled on. ``get_config()`` saves it, so a loaded program does not negotiate again.
         name: A name for logs and saved files (defaults to ``model``).
         **litellm_kwargs: Extra keyword arguments passed to ``litellm.acompletion``.
 
@@ -188,22 +282,36 @@ class LanguageModel:
         retry_max_wait: float = 30.0,
         cache: bool | str | Path = True,
         structured_output: StructuredOutput = "auto",
+        structured_output_mode: OutputMode | None = None,
         name: str | None = None,
         **litellm_kwargs: Any,
     ) -> None:
-        if not isinstance(model, str) or ("/" not in model and not model):
-            raise ConfigurationError("`model` must be a litellm model string like 'openai/gpt-4o'.")
-        if max_concurrency < 1:
-            raise ConfigurationError(f"`max_concurrency` must be >= 1, got {max_concurrency}.")
-        if max_retries < 0:
-            raise ConfigurationError(f"`max_retries` must be >= 0, got {max_retries}.")
-        if structured_output not in ("auto", "json_schema", "json_text"):
+        if not isinstance(model, str) or not model.strip():
             raise ConfigurationError(
-                "`structured_output` must be 'auto', 'json_schema' or 'json_text', "
-                f"got {structured_output!r}."
+                f"`model` must be a litellm model string like 'openai/gpt-4o', got {model!r}."
             )
+        if api_base is not None and not isinstance(api_base, str):
+            raise ConfigurationError(f"`api_base` must be a URL string, got {api_base!r}.")
+        _check_arguments(
+            max_concurrency=max_concurrency,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_min_wait=retry_min_wait,
+            retry_max_wait=retry_max_wait,
+            cache=cache,
+            structured_output=structured_output,
+            structured_output_mode=structured_output_mode,
+        )
         if "api_key" in litellm_kwargs:
             raise ConfigurationError("Pass `api_key` as its own argument.")
+        if model.startswith("local/"):
+            from promptfit.language_models.local import register_local_provider
+
+            register_local_provider(model)
+        else:
+            _check_route(model, api_base, litellm_kwargs)
         self.model = model
         self.api_base = api_base
         self._api_key = api_key
@@ -226,9 +334,24 @@ class LanguageModel:
         else:
             self.cache = ResponseCache(path=cache)
         self.usage = Usage()
-        self._mode: Literal["json_schema", "json_text"] = (
-            "json_text" if structured_output == "json_text" else "json_schema"
+        endpoint = (model, api_base)
+        # The mode requests are built in. Pinned: fixed. Auto: where negotiation stands.
+        self._mode: OutputMode
+        if structured_output != "auto":
+            self._mode = structured_output
+        else:
+            self._mode = structured_output_mode or _ENDPOINT_MODES.get(endpoint, MODES[0])
+        # Whether the mode is known to work (a reply came back in it, now or in an earlier
+        # negotiation). Until then an auto client sends one request at a time, so that a server
+        # refusing the format costs one refused request per mode, not one per in-flight call.
+        self._settled = structured_output != "auto" or self._mode == "json_text"
+        self._settled = self._settled or structured_output_mode is not None
+        self._settled = self._settled or endpoint in _ENDPOINT_MODES
+        self._negotiated = structured_output == "auto" and self._settled and self._mode != MODES[0]
+        self._probe_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
         )
+        self._jitter = random.Random()
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -237,14 +360,20 @@ class LanguageModel:
         self._last_limiter: tuple[Any, anyio.Semaphore] | None = None
         self._inflight: dict[str, asyncio.Future[Generation]] = {}
         self._replayed: set[str] = set()
-        if model.startswith("local/"):
-            from promptfit.language_models.local import register_local_provider
-
-            register_local_provider(model)
 
     # -- configuration -------------------------------------------------------------------
+    @property
+    def output_mode(self) -> OutputMode:
+        """The structured-output mode requests are sent in now (negotiated or pinned)."""
+        return self._mode
+
     def get_config(self) -> dict[str, Any]:
-        """Everything needed to rebuild this client, except the API key (never saved)."""
+        """Everything needed to rebuild this client, except the API key (never saved).
+
+        ``structured_output_mode`` is the mode an ``"auto"`` negotiation settled on (``None``
+        before one did), so a saved program starts from it.
+        """
+        settled = self.structured_output == "auto" and self._settled
         return {
             "model": self.model,
             "api_base": self.api_base,
@@ -257,6 +386,7 @@ class LanguageModel:
             "retry_max_wait": self.retry_max_wait,
             "cache": self._cache_setting,
             "structured_output": self.structured_output,
+            "structured_output_mode": self._mode if settled else None,
             "name": self.name,
             **{k: v for k, v in self.litellm_kwargs.items() if _is_jsonable(v)},
         }
@@ -284,6 +414,13 @@ class LanguageModel:
         self._last_limiter = (weakref.ref(loop), limiter)
         return limiter
 
+    def _probe_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._probe_locks.get(loop)
+        if lock is None:
+            lock = self._probe_locks[loop] = asyncio.Lock()
+        return lock
+
     def _request(
         self, messages: list[dict[str, str]], schema_name: str, schema: dict[str, Any]
     ) -> dict[str, Any]:
@@ -296,21 +433,40 @@ class LanguageModel:
             request["api_base"] = self.api_base
         if self.max_tokens is not None:
             request["max_tokens"] = self.max_tokens
-        if self._mode == "json_schema":
-            request["response_format"] = response_format(schema_name, schema)
+        if (rf := response_format_for(self._mode, schema_name, schema)) is not None:
+            request["response_format"] = rf
         if self.litellm_kwargs:
             request.update(self.litellm_kwargs)
         return request
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=self.retry_min_wait, max=self.retry_max_wait)(
-            state
-        )
-        outcome = state.outcome
-        asked = _retry_after(outcome.exception() if outcome is not None else None)
+    def _set_mode(
+        self, request: dict[str, Any], mode: OutputMode, output_model: type[pydantic.BaseModel]
+    ) -> None:
+        """Rebuild ``request``'s response_format for ``mode``."""
+        rf = response_format_for(mode, output_model.__name__, json_schema_of(output_model))
+        if rf is None:
+            request.pop("response_format", None)
+        else:
+            request["response_format"] = rf
+
+    def _backoff(self, attempt_number: int, exc: BaseException | None) -> float:
+        """Seconds to wait before retry ``attempt_number`` (1 = the first retry).
+
+        Exponential from ``retry_min_wait`` with up to 50 % jitter on top, so the wait is
+        never below ``retry_min_wait`` and scales with it; a provider's ``Retry-After`` wins
+        within ``[retry_min_wait, retry_max_wait]``.
+        """
+        base = min(self.retry_max_wait, self.retry_min_wait * 2.0 ** max(0, attempt_number - 1))
+        backoff = min(self.retry_max_wait, base * (1.0 + 0.5 * self._jitter.random()))
+        asked = _retry_after(exc)
         if asked is None:
             return backoff
-        return min(max(asked, min(backoff, self.retry_min_wait)), self.retry_max_wait)
+        return min(max(asked, self.retry_min_wait), self.retry_max_wait)
+
+    def _wait(self, state: RetryCallState) -> float:
+        """tenacity's wait hook: the backoff for the state's failed attempt."""
+        outcome = state.outcome
+        return self._backoff(state.attempt_number, outcome.exception() if outcome else None)
 
     async def generate(
         self, messages: list[dict[str, str]], output_model: type[pydantic.BaseModel]
@@ -319,6 +475,8 @@ class LanguageModel:
 
         Raises:
             LMConfigurationError: the provider rejected the credentials or the model name.
+            LMCallsFailingError: inside a ``fit``/``evaluate`` with ``fail_fast``, the run's
+                first calls all failed with the same error.
         """
         request = self._request(messages, output_model.__name__, json_schema_of(output_model))
         cache = self.cache
@@ -333,7 +491,8 @@ class LanguageModel:
                 value = None
             if value is not None:
                 if not self._replay(key, hit):
-                    self.usage.add(cache_hits=1)
+                    add_usage(self, cache_hits=1)
+                record_generation(self, None)
                 if span_backend() is not None:
                     with span(f"{self.name}.call", "CHAT_MODEL", {"messages": messages}) as handle:
                         handle.set_attributes({"model": self.model, "cache_hit": True})
@@ -379,7 +538,7 @@ class LanguageModel:
             except LMConfigurationError:
                 raise
             except Exception as exc:  # recorded failure, not a crash
-                self.usage.add(failed_calls=1)
+                add_usage(self, failed_calls=1)
                 error = f"{type(exc).__name__}: {exc}"
                 logger.debug("LM call to %s failed after retries: %s", self.model, error)
                 if tracing:
@@ -389,8 +548,10 @@ class LanguageModel:
                             "error": error[:2000],
                             "latency_s": time.perf_counter() - started,
                             "cache_hit": False,
+                            "structured_output": mode_of(request),
                         }
                     )
+                record_generation(self, exc)  # may raise LMCallsFailingError (fail fast)
                 return Generation(None, error=error)
             # The JSON form of the reply is only needed by the cache and the trace.
             raw = value.model_dump(mode="json") if tracing or store else None
@@ -404,9 +565,11 @@ class LanguageModel:
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,
                         "cost": cost,
+                        "structured_output": mode_of(request),
                     }
                 )
                 handle.set_outputs(raw)
+        record_generation(self, None)
         if store:
             entry = {"value": raw, "usage": list(usage), "origin": call_origin.get()}
             await self.cache.put(key, entry)  # type: ignore[union-attr]
@@ -430,8 +593,12 @@ class LanguageModel:
             return False
         self._replayed.add(key)
         prompt_tokens, completion_tokens, cost = hit.get("usage") or (0, 0, 0.0)
-        self.usage.add(
-            calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost
+        add_usage(
+            self,
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
         )
         return True
 
@@ -451,17 +618,18 @@ class LanguageModel:
             if not _is_transient(exc) or self.max_retries == 0:
                 raise
             first_error = exc
-        self.usage.add(retries=1)
-        await asyncio.sleep(self._wait(_retry_state(1, first_error)))
+        add_usage(self, retries=1)
+        await asyncio.sleep(self._backoff(1, first_error))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries),
             # tenacity counts from 1 again; the backoff continues from the bare attempt.
-            wait=lambda state: self._wait(
-                _retry_state(state.attempt_number + 1, state.outcome.exception())  # type: ignore[union-attr,arg-type]
+            wait=lambda state: self._backoff(
+                state.attempt_number + 1,
+                state.outcome.exception() if state.outcome is not None else None,
             ),
             retry=retry_if_exception(_is_transient),
             reraise=True,
-            before_sleep=lambda _: self.usage.add(retries=1),
+            before_sleep=lambda _: add_usage(self, retries=1),
         )
         async for attempt in retrying:
             with attempt:
@@ -471,19 +639,83 @@ class LanguageModel:
     async def _attempt_with_fallback(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        try:
-            return await self._attempt(request, output_model)
-        except Exception as exc:
-            if not self._fall_back_to_text(request, exc):
-                raise
-        # The provider rejected the JSON-schema response_format: same attempt, as text.
-        return await self._attempt(request, output_model)
+        """One attempt, stepping down the structured-output modes while they are refused.
 
-    def _fall_back_to_text(self, request: dict[str, Any], exc: Exception) -> bool:
-        """Raise for errors no retry can fix; switch to JSON-in-text if the schema was refused.
+        Until a mode is settled, an ``"auto"`` client lets one request at a time through
+        (the others wait for its verdict, then go out in the mode it found).
+        """
+        if not self._settled:
+            async with self._probe_lock():
+                if not self._settled:
+                    try:
+                        return await self._attempt_stepping_down(request, output_model)
+                    finally:
+                        # Any verdict (a reply, or an error that is not about the format)
+                        # ends the one-at-a-time probe: requests that still carry a refused
+                        # format step down on their own refusal.
+                        self._settled = True
+        return await self._attempt_stepping_down(request, output_model)
 
-        Returns:
-            Whether the request was switched to JSON-in-text (and should be sent again).
+    async def _attempt_stepping_down(
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        if self.structured_output == "auto" and MODES.index(mode_of(request)) < MODES.index(
+            self._mode
+        ):
+            self._set_mode(request, self._mode, output_model)  # negotiated down meanwhile
+        while True:
+            try:
+                return await self._attempt(request, output_model)
+            except Exception as exc:
+                self._raise_if_fatal(exc)
+                mode = mode_of(request)
+                if not is_format_refusal(exc, mode):
+                    raise
+                if self.structured_output != "auto":
+                    raise StructuredOutputRefusedError(
+                        f"{self.model} refused the pinned structured_output={mode!r}: "
+                        f"{server_message(exc)}"
+                    ) from exc
+                lower = next_mode(mode)
+                if lower is None:  # pragma: no cover - json_text carries no format to refuse
+                    raise
+                self._step_down(mode, lower, exc)
+                self._set_mode(request, self._mode, output_model)
+
+    def _step_down(self, refused: OutputMode, lower: OutputMode, exc: BaseException) -> None:
+        """Record that ``refused`` does not work on this endpoint."""
+        new = lower_mode(lower, self._mode)
+        if new != self._mode:
+            logger.debug(
+                "%s at %s refused structured output %r (%s); trying %r.",
+                self.model,
+                self.api_base,
+                refused,
+                server_message(exc)[:300],
+                new,
+            )
+            self._mode = new
+            self._negotiated = True
+            _ENDPOINT_MODES[(self.model, self.api_base)] = new
+
+    def _mode_works(self, mode: OutputMode) -> None:
+        """A reply came back in ``mode``: remember it and say so once, at INFO."""
+        if self.structured_output != "auto" or mode != self._mode:
+            return
+        endpoint = (self.model, self.api_base)
+        _ENDPOINT_MODES[endpoint] = mode
+        if (self.model, self.api_base, mode) not in _LOGGED_MODES and self._negotiated:
+            _LOGGED_MODES.add((self.model, self.api_base, mode))
+            logger.info(
+                "%s%s: structured output negotiated to %r (pin it with structured_output=%r).",
+                self.model,
+                f" at {self.api_base}" if self.api_base else "",
+                mode,
+                mode,
+            )
+
+    def _raise_if_fatal(self, exc: Exception) -> None:
+        """Raise for errors no retry can fix.
 
         Raises:
             LMConfigurationError: bad credentials, unknown model, no permission.
@@ -494,43 +726,35 @@ class LanguageModel:
                 "Check the model name, `api_base` and `api_key` (for a server "
                 "without auth, pass any placeholder key)."
             ) from exc
-        if (
-            "response_format" in request
-            and self.structured_output == "auto"
-            and _is_unsupported_schema(exc)
-        ):
-            # Requests already in flight when the first refusal arrived still carry the
-            # schema: each switches on its own refusal, so none of them fails for good.
-            if self._mode == "json_schema":
-                logger.info(
-                    "%s does not accept a JSON-schema response_format; falling back to JSON "
-                    "in text.",
-                    self.model,
-                )
-                self._mode = "json_text"
-            request.pop("response_format", None)
-            return True
-        return False
 
     async def _attempt(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
         async with self._limiter():
-            response = await litellm.acompletion(
-                **request,
-                api_key=self._api_key,
-                timeout=self.timeout,
-                num_retries=0,
-                max_retries=0,
-            )
+            try:
+                response = await litellm.acompletion(
+                    **request,
+                    api_key=self._api_key,
+                    timeout=self.timeout,
+                    num_retries=0,
+                    max_retries=0,
+                )
+            except Exception:
+                add_usage(self, calls=1)  # every request sent is a call, refused ones too
+                raise
         usage_info = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage_info, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage_info, "completion_tokens", 0) or 0)
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = float(hidden.get("response_cost") or 0.0)
-        self.usage.add(
-            calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost
+        add_usage(
+            self,
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
         )
+        self._mode_works(mode_of(request))
         content = response.choices[0].message.content or ""
         try:
             raw = parse_json_reply(content)

@@ -35,6 +35,12 @@ Options (all optional):
   probability (deterministic, like ``error_rate``).
 * ``no_json_schema`` (bool, 0) -- reject ``response_format`` of type ``json_schema``
   with a 400, to exercise a client's JSON-in-text fallback.
+* ``like`` (str) -- answer a ``response_format`` the way a real server does when it does
+  not support it, with that server's status and error body: ``vllm`` (400, takes
+  ``json_object`` with a ``schema``), ``ollama`` (400, takes ``json_object``, ignores its
+  ``schema``), ``openai`` (400, takes a bare ``json_object`` only), ``llamacpp`` (500 like
+  llama-cpp-python, takes ``json_object`` with a ``schema``), ``fastapi`` (422 validation
+  error, takes no ``response_format`` at all). See :data:`SERVER_LIKES`.
 * ``seed`` (int, 0) -- seed for the deterministic ``*_rate`` decisions.
 * ``min_examples`` (int, 0) -- skill gate: fewer few-shot examples -> wrong answers.
 * ``hint`` (str) -- skill gate: word missing from the system message -> wrong answers.
@@ -73,7 +79,17 @@ import httpx
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["BRAINS", "FakeLLMServer", "ModelSpec", "generate_content", "main", "parse_model"]
+__all__ = [
+    "BRAINS",
+    "SERVER_LIKES",
+    "FakeLLMServer",
+    "ModelSpec",
+    "ServerLike",
+    "format_of",
+    "generate_content",
+    "main",
+    "parse_model",
+]
 
 BRAINS: frozenset[str] = frozenset({"echo", "arith", "sentiment", "judge", "propose"})
 
@@ -150,6 +166,7 @@ class ModelSpec:
     malformed_first: int = 0
     malformed_rate: float = 0.0
     no_json_schema: bool = False
+    like: str = ""
     seed: int = 0
     min_examples: int = 0
     hint: str | None = None
@@ -185,6 +202,12 @@ def _parse_retry_after(value: str) -> str:
     return value
 
 
+def _parse_like(value: str) -> str:
+    if value not in SERVER_LIKES:
+        raise ValueError(f"unknown server {value!r}; expected one of {sorted(SERVER_LIKES)}")
+    return value
+
+
 _OPTION_PARSERS: dict[str, Any] = {
     "latency_ms": float,
     "fail_first": _parse_non_negative_int,
@@ -194,6 +217,7 @@ _OPTION_PARSERS: dict[str, Any] = {
     "malformed_first": _parse_non_negative_int,
     "malformed_rate": _parse_probability,
     "no_json_schema": _parse_bool,
+    "like": _parse_like,
     "seed": int,
     "min_examples": _parse_non_negative_int,
     "hint": str,
@@ -772,6 +796,12 @@ def _find_schema(body: Mapping[str, Any], texts: list[str]) -> dict[str, Any] | 
         js = rf.get("json_schema")
         if isinstance(js, dict) and isinstance(js.get("schema"), dict):
             return js["schema"]
+    if (
+        isinstance(rf, dict)
+        and rf.get("type") == "json_object"
+        and isinstance(rf.get("schema"), dict)
+    ):
+        return rf["schema"]
     for text in texts:
         for obj in _iter_json_objects(text):
             found = _first_schema(obj)
@@ -867,6 +897,112 @@ _ERROR_TYPES: dict[int, tuple[str, str]] = {
 }
 
 
+def format_of(body: Mapping[str, Any]) -> str:
+    """The structured-output mode of a request body, in promptfit's names."""
+    rf = body.get("response_format")
+    if not isinstance(rf, dict) or rf.get("type") in (None, "text"):
+        return "json_text"
+    if rf.get("type") == "json_schema":
+        return "json_schema"
+    if rf.get("type") == "json_object":
+        return "json_object_schema" if "schema" in rf else "json_object"
+    return str(rf.get("type"))
+
+
+def _openai_error(message: str, param: str | None = "response_format") -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    }
+
+
+def _pydantic_literal(allowed: str, given: str) -> str:
+    return (
+        "1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be "
+        f"{allowed} [type=literal_error, input_value='{given}', input_type=str]"
+    )
+
+
+@dataclass(frozen=True)
+class ServerLike:
+    """How one kind of real server answers a ``response_format`` it does not support."""
+
+    accepts: frozenset[str]  # modes (see :func:`format_of`) it serves
+    status: int
+    error: Any  # (mode, body) -> JSON error body
+
+
+SERVER_LIKES: dict[str, ServerLike] = {
+    # vLLM (before json_schema support): a pydantic literal error, OpenAI-shaped, 400.
+    "vllm": ServerLike(
+        frozenset({"json_object_schema", "json_object", "json_text"}),
+        400,
+        lambda mode, rf: {
+            "object": "error",
+            "message": _pydantic_literal("'text' or 'json_object'", str(rf.get("type"))),
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+    ),
+    # Ollama's OpenAI-compatible endpoint (older releases); Go ignores the unknown ``schema``.
+    "ollama": ServerLike(
+        frozenset({"json_object_schema", "json_object", "json_text"}),
+        400,
+        lambda mode, rf: {
+            "error": {
+                "message": f"invalid response_format type: {rf.get('type')}",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    # OpenAI on a model without structured outputs: json_schema refused, extra keys refused.
+    "openai": ServerLike(
+        frozenset({"json_object", "json_text"}),
+        400,
+        lambda mode, rf: _openai_error(
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with "
+            "this model. Learn more about supported models at the Structured Outputs guide: "
+            "https://platform.openai.com/docs/guides/structured-outputs"
+            if mode == "json_schema"
+            else "Additional properties are not allowed ('schema' was unexpected) - "
+            "'response_format'"
+        ),
+    ),
+    # llama-cpp-python's server: its request validation error comes back as HTTP 500.
+    "llamacpp": ServerLike(
+        frozenset({"json_object_schema", "json_object", "json_text"}),
+        500,
+        lambda mode, rf: {
+            "error": {
+                "message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', "
+                "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': "
+                f"'{rf.get('type')}', 'ctx': {{'expected': \"'text' or 'json_object'\"}}}}]",
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    # A FastAPI gateway whose schema has no response_format: 422 validation error.
+    "fastapi": ServerLike(
+        frozenset({"json_text"}),
+        422,
+        lambda mode, rf: {
+            "detail": [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ["body", "response_format"],
+                    "msg": "Extra inputs are not permitted",
+                    "input": rf,
+                }
+            ]
+        },
+    ),
+}
+
+
 @dataclass
 class _Stats:
     requests: int = 0
@@ -875,6 +1011,8 @@ class _Stats:
     malformed: int = 0
     with_json_schema: int = 0
     json_schema_rejected: int = 0
+    format_rejected: int = 0
+    by_format: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -886,6 +1024,8 @@ class _Stats:
             "malformed": self.malformed,
             "with_json_schema": self.with_json_schema,
             "json_schema_rejected": self.json_schema_rejected,
+            "format_rejected": self.format_rejected,
+            "by_format": dict(self.by_format),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }
@@ -965,6 +1105,12 @@ def _build_app(state: _State) -> web.Application:
             return _error_response(
                 400, "Streaming is not supported by the fake server; set stream=false."
             )
+        mode = format_of(body)
+        stats.by_format[mode] = stats.by_format.get(mode, 0) + 1
+        like = SERVER_LIKES.get(spec.like)
+        if like is not None and mode not in like.accepts:
+            stats.format_rejected += 1
+            return web.json_response(like.error(mode, rf), status=like.status)
         if spec.no_json_schema and wants_schema:
             stats.json_schema_rejected += 1
             return _error_response(

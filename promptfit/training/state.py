@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from promptfit.errors import BackupMismatchError
+from promptfit.language_models.scope import RunScope, current_scope
 from promptfit.language_models.usage import Usage
 
 if TYPE_CHECKING:
@@ -90,6 +91,12 @@ class FitState:
     # of its predictions failed (``None``), which usage counters cannot tell (TerminateOnError).
     batch_examples: int = 0
     batch_failed_predictions: int = 0
+    # The fit's own usage counters (context-local), so that a fit sharing an LM with another
+    # run saves and restores its own usage only. ``None``: the LMs' global totals.
+    usage_scope: RunScope | None = field(default_factory=current_scope, repr=False)
+
+    def _usage_of(self, lm: Any) -> Usage:
+        return lm.usage if self.usage_scope is None else self.usage_scope.usage_of(lm)
 
     @property
     def mean_reward(self) -> float:
@@ -147,7 +154,9 @@ class FitState:
             "reward_count": self.reward_count,
             "metrics": {m.name: m.state_dict() for m in program.metrics},
             "epoch_usage_start": self.epoch_usage_start.state_dict(),
-            "usage": {f"{i}:{lm.name}": lm.usage.state_dict() for i, lm in enumerate(lms)},
+            "usage": {
+                f"{i}:{lm.name}": self._usage_of(lm).state_dict() for i, lm in enumerate(lms)
+            },
             "variables": program.get_variables(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "callbacks": callbacks,
@@ -188,7 +197,10 @@ class FitState:
         for i, lm in enumerate(program.all_language_models()):
             key = f"{i}:{lm.name}"
             if key in usage:
-                lm.usage.load_state_dict(usage[key])
+                if self.usage_scope is None:
+                    lm.usage.load_state_dict(usage[key])
+                else:
+                    self.usage_scope.restore_usage(lm, usage[key])
         program.set_variables(saved["variables"])
         # A run that an early-stopping callback had already stopped must not train on.
         program.stop_training = bool(saved.get("stop_training", False))

@@ -21,6 +21,7 @@ from promptfit.callbacks.callback_list import CallbackList
 from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
 from promptfit.language_models.cache import call_origin
+from promptfit.language_models.scope import run_scope, usage_totals
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
 from promptfit.rewards.reward import Reward, get_reward
@@ -35,7 +36,7 @@ __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
 
-USAGE_KEYS = ("lm_calls", "tokens", "cost", "failed_calls")
+USAGE_KEYS = ("lm_calls", "tokens", "cost", "failed_calls", "retries")
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Trainer:
         return list(seen.values())
 
     def usage_totals(self) -> Usage:
-        return Usage.total([lm.usage for lm in self.all_language_models()])
+        """Usage of this program's LMs: by the current fit/evaluate inside one, else in total."""
+        return usage_totals(self.all_language_models())
 
     @staticmethod
     def _usage_logs(before: Usage, after: Usage) -> dict[str, float]:
@@ -165,6 +167,7 @@ class Trainer:
             "tokens": after.tokens - before.tokens,
             "cost": round(after.cost - before.cost, 10),
             "failed_calls": after.failed_calls - before.failed_calls,
+            "retries": after.retries - before.retries,
         }
 
     def _require_compiled(self, what: str) -> Reward:
@@ -278,6 +281,7 @@ class Trainer:
         return outputs
 
     # -- evaluate ------------------------------------------------------------------------
+    @run_scope
     async def evaluate(
         self,
         x: Any = None,
@@ -286,12 +290,19 @@ class Trainer:
         verbose: Verbose = "auto",
         callbacks: Sequence[Callback] | CallbackList | None = None,
         return_dict: bool = True,
+        *,
+        fail_fast: bool = True,
     ) -> dict[str, float]:
         """Score the program on ``(x, y)``.
 
+        Args:
+            fail_fast: When the first LM calls all fail with the same error (or every call
+                fails), raise :class:`~promptfit.errors.LMCallsFailingError` quoting the
+                server; ``False`` warns once and runs on.
+
         Returns:
             ``{"reward": mean reward, <metric name>: value, "lm_calls", "tokens", "cost",
-            "failed_calls"}``; usage counts only this evaluation's LM requests.
+            "failed_calls", "retries"}``; usage counts only this evaluation's LM requests.
         """
         reward = self._require_compiled("evaluate")
         del reward
@@ -336,6 +347,7 @@ class Trainer:
         return logs
 
     # -- fit -----------------------------------------------------------------------------
+    @run_scope
     async def fit(
         self,
         x: Any = None,
@@ -350,6 +362,8 @@ class Trainer:
         initial_epoch: int = 0,
         seed: int | None = None,
         validation_batch_size: int | None = None,
+        *,
+        fail_fast: bool = True,
     ) -> Any:
         """Train the program's variables with the compiled optimizer.
 
@@ -369,6 +383,9 @@ class Trainer:
             seed: Seed for shuffling and the optimizer; a run with the same seed and a
                 deterministic LM is reproduced exactly.
             validation_batch_size: Batch size for validation (defaults to ``batch_size``).
+            fail_fast: When the run's first LM calls all fail with the same error (or every
+                call fails), raise :class:`~promptfit.errors.LMCallsFailingError` quoting the
+                server instead of logging reward 0; ``False`` warns once and trains on.
 
         Returns:
             The :class:`~promptfit.callbacks.History` of the run.

@@ -1,0 +1,217 @@
+"""Structured-output negotiation and "a run never fails silently" (issue 13), against servers.
+
+The test server reproduces how real servers refuse a ``response_format`` they do not support
+(``like=vllm|ollama|openai|llamacpp|fastapi``: their statuses and error bodies); every entry of
+the matrix runs a real ``evaluate`` and checks the outputs, the mode the client ends in, and
+that no request was wasted retrying a refused format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import promptfit as pf
+from promptfit.errors import LMCallsFailingError
+from promptfit.testing import FakeLLMServer
+from tests.conftest import Answer, Query, arithmetic_data
+
+# server -> (mode the client ends in, refused requests on the way there)
+MATRIX: dict[str, tuple[str, int]] = {
+    "": ("json_schema", 0),  # the test server as is: takes every format
+    "vllm": ("json_object_schema", 1),
+    "ollama": ("json_object_schema", 1),
+    "llamacpp": ("json_object_schema", 1),
+    "openai": ("json_object", 2),
+    "fastapi": ("json_text", 3),
+}
+
+
+def _wire_model(lm: pf.LanguageModel) -> str:
+    return lm.model.split("/", 1)[1]
+
+
+def _lm_of(program: pf.Program) -> pf.LanguageModel:
+    return program.language_models[0]
+
+
+@pytest.mark.parametrize("like", list(MATRIX))
+def test_matrix_evaluate_negotiates_the_expected_mode(
+    like: str, calc_program: Callable[..., Any], llm_server: FakeLLMServer
+) -> None:
+    expected_mode, refusals = MATRIX[like]
+    options: dict[str, Any] = {"like": like} if like else {}
+
+    async def main() -> tuple[pf.Program, dict[str, float]]:
+        program = await calc_program(**options)
+        x, y = arithmetic_data(12)
+        # One batch: all 12 calls are in flight at once while the mode is negotiated.
+        return program, await program.evaluate(x, y, batch_size=12, verbose=0)
+
+    before = llm_server.stats()
+    program, logs = asyncio.run(main())
+    after = llm_server.stats()
+    lm = _lm_of(program)
+    assert logs["reward"] == 1.0 and logs["failed_calls"] == 0
+    assert lm.output_mode == expected_mode
+    assert (
+        after["by_format"].get(expected_mode, 0) - before["by_format"].get(expected_mode, 0) == 12
+    )
+    # One refused request per mode stepped over, none retried, every request counted.
+    assert after["format_rejected"] - before["format_rejected"] == refusals
+    assert after["by_model"][_wire_model(lm)] == 12 + refusals
+    assert logs["lm_calls"] == 12 + refusals and logs["retries"] == 0
+    assert lm.get_config()["structured_output_mode"] == expected_mode
+
+
+def test_the_negotiated_mode_is_saved_logged_once_and_reused(
+    make_lm: Callable[..., pf.LanguageModel],
+    llm_server: FakeLLMServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lm = make_lm("arith", like="llamacpp")
+    gen = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
+
+    async def ask(client: pf.LanguageModel, i: int) -> Any:
+        return await client.generate(gen.messages(Query(question=f"{i} + 1")), Answer)
+
+    with caplog.at_level(logging.INFO, logger="promptfit"):
+        results = asyncio.run(_gather(ask(lm, i) for i in range(4)))
+    assert [r.value.answer for r in results] == ["1", "2", "3", "4"]
+    infos = [r for r in caplog.records if "negotiated" in r.getMessage()]
+    assert len(infos) == 1 and "json_object_schema" in infos[0].getMessage()
+    config = lm.get_config()
+    assert config["structured_output"] == "auto"
+    assert config["structured_output_mode"] == "json_object_schema"
+
+    # A client rebuilt from the config (as load_program does) starts in the saved mode.
+    before = llm_server.stats()["format_rejected"]
+    again = pf.LanguageModel.from_config({**config, "cache": False}, api_key="sk-test")
+    assert again.output_mode == "json_object_schema"
+    result = asyncio.run(ask(again, 7))
+    assert result.value is not None and result.value.answer == "8"
+    assert llm_server.stats()["format_rejected"] == before
+
+
+def test_a_pinned_mode_is_never_negotiated_nor_retried(
+    make_lm: Callable[..., pf.LanguageModel], llm_server: FakeLLMServer
+) -> None:
+    """llama-cpp-python refuses json_schema with a 500: pinned, that is one request, no retry."""
+    lm = make_lm("arith", like="llamacpp", lm_kwargs={"structured_output": "json_schema"})
+    gen = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
+    result = asyncio.run(lm.generate(gen.messages(Query(question="2 + 3")), Answer))
+    assert result.value is None
+    assert result.error is not None and "Input should be 'text' or 'json_object'" in result.error
+    assert llm_server.stats()["by_model"][_wire_model(lm)] == 1
+    assert lm.usage.retries == 0 and lm.usage.calls == 1
+    assert lm.output_mode == "json_schema"
+    assert lm.get_config()["structured_output_mode"] is None
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "json_object", "json_text"])
+def test_every_mode_can_be_pinned(
+    mode: str, calc_program: Callable[..., Any], llm_server: FakeLLMServer
+) -> None:
+    async def main() -> tuple[pf.Program, dict[str, float]]:
+        program = await calc_program(lm_kwargs={"structured_output": mode})
+        x, y = arithmetic_data(4)
+        return program, await program.evaluate(x, y, verbose=0)
+
+    before = llm_server.stats()["by_format"].get(mode, 0)
+    program, logs = asyncio.run(main())
+    assert logs["reward"] == 1.0 and logs["lm_calls"] == 4
+    assert llm_server.stats()["by_format"][mode] - before == 4
+    assert _lm_of(program).output_mode == mode
+
+
+def test_a_transient_500_that_is_not_about_the_format_is_still_retried(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", like="llamacpp", fail_first=1, error_status=500)
+    gen = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
+    result = asyncio.run(lm.generate(gen.messages(Query(question="2 + 3")), Answer))
+    assert result.value is not None and result.value.answer == "5"
+    assert lm.usage.retries >= 1
+
+
+# -- a run never fails silently ---------------------------------------------------------------
+
+
+def test_evaluate_stops_early_when_every_first_call_fails_the_same_way(
+    calc_program: Callable[..., Any], llm_server: FakeLLMServer
+) -> None:
+    async def main() -> pf.Program:
+        program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})
+        x, y = arithmetic_data(40)
+        with pytest.raises(LMCallsFailingError) as info:
+            await program.evaluate(x, y, batch_size=4, verbose=0)
+        message = str(info.value)
+        assert "first 5 LM calls" in message
+        assert "Injected failure" in message  # the server's own words
+        assert "fail_fast=False" in message and "server" in message
+        return program
+
+    program = asyncio.run(main())
+    # Stopped after the second batch of 4, not after all 40 examples.
+    assert llm_server.stats()["by_model"][_wire_model(_lm_of(program))] <= 8
+
+
+def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
+    async def main() -> dict[str, float]:
+        program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})
+        x, y = arithmetic_data(12)
+        return await program.evaluate(x, y, batch_size=4, verbose=0, fail_fast=False)
+
+    with pytest.warns(RuntimeWarning, match="Injected failure") as record:
+        logs = asyncio.run(main())
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert logs["failed_calls"] == 12 and logs["reward"] == 0.0
+
+
+def test_a_short_run_whose_every_call_fails_raises_at_its_end(
+    calc_program: Callable[..., Any],
+) -> None:
+    async def main() -> None:
+        program = await calc_program(error_rate=1.0, error_status=503, retry_after="0")
+        x, y = arithmetic_data(3)
+        await program.evaluate(x, y, verbose=0)
+
+    with pytest.raises(LMCallsFailingError, match="All 3 LM calls") as info:
+        asyncio.run(main())
+    assert "ServiceUnavailable" in str(info.value) and "api_base" in str(info.value)
+
+
+def test_a_fit_whose_calls_all_fail_raises_with_the_server_message(
+    calc_program: Callable[..., Any],
+) -> None:
+    async def main() -> None:
+        program = await calc_program(error_rate=1.0, error_status=400, lm_kwargs={"max_retries": 0})
+        x, y = arithmetic_data(12)
+        await program.fit(x, y, batch_size=4, epochs=3, verbose=0)
+
+    with pytest.raises(LMCallsFailingError, match="Injected failure"):
+        asyncio.run(main())
+
+
+def test_retried_5xx_requests_are_counted_as_calls(calc_program: Callable[..., Any]) -> None:
+    """Issue 11 item 13: every request sent is a call; retries are in the logs."""
+
+    async def main() -> dict[str, float]:
+        program = await calc_program(fail_first=1, error_status=500)
+        x, y = arithmetic_data(4)
+        return await program.evaluate(x, y, verbose=0)
+
+    logs = asyncio.run(main())
+    assert logs["reward"] == 1.0
+    assert logs["lm_calls"] == 8 and logs["retries"] == 4 and logs["failed_calls"] == 0
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def _gather(coros: Any) -> list[Any]:
+    return list(await asyncio.gather(*coros))
