@@ -214,4 +214,7 @@ def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None
     embedded = pf.LanguageModel(model="local/gemma-3-270m", cache=False)
     reference = asyncio.run(_evaluate_reviews(embedded, n))
     assert reference["failed_calls"] == 0
+    print(
+        f"accuracy: llama-cpp-python server {logs['accuracy']:.3f}, local/ {reference['accuracy']:.3f}"
+    )
     assert abs(logs["accuracy"] - reference["accuracy"]) <= 0.2, (logs, reference)
