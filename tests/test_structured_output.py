@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,3 +218,37 @@ def test_retried_5xx_requests_are_counted_as_calls(calc_program: Callable[..., A
 
 async def _gather(coros: Any) -> list[Any]:
     return list(await asyncio.gather(*coros))
+
+
+def test_the_mode_is_on_each_lm_call_span(
+    calc_program: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace (real MLflow, sqlite store) shows which mode every LM call went out in."""
+    import mlflow
+
+    from promptfit.observability import disable_observability, enable_observability
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    try:
+        uri = enable_observability()
+
+        async def main() -> None:
+            program = await calc_program(like="vllm")
+            x, y = arithmetic_data(3)
+            await program.evaluate(x, y, verbose=0)
+
+        asyncio.run(main())
+        mlflow.flush_trace_async_logging()
+        client = mlflow.MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name("promptfit").experiment_id
+        traces = client.search_traces(locations=[experiment_id], max_results=50)
+        modes = [
+            s.attributes.get("structured_output")
+            for t in traces
+            for s in t.data.spans
+            if s.span_type == "CHAT_MODEL"
+        ]
+        assert modes and set(modes) == {"json_object_schema"}
+    finally:
+        disable_observability()
