@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import promptfit as pf
-from promptfit.errors import LMCallsFailingError
+from promptfit.errors import LMCallsFailingError, LMConfigurationError
 from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query, arithmetic_data
 
@@ -252,3 +252,19 @@ def test_the_mode_is_on_each_lm_call_span(
         assert modes and set(modes) == {"json_object_schema"}
     finally:
         disable_observability()
+
+
+def test_an_lm_configuration_error_reaches_the_caller_unwrapped(
+    calc_program: Callable[..., Any],
+) -> None:
+    """A bad key stops evaluate with LMConfigurationError itself, not an ExceptionGroup."""
+
+    async def main() -> None:
+        program = await calc_program(fail_first=100, error_status=401)
+        x, y = arithmetic_data(4)
+        await program.evaluate(x, y, batch_size=4, verbose=0)
+
+    with pytest.raises(LMConfigurationError, match="api_key") as info:
+        asyncio.run(main())
+    assert not isinstance(info.value, LMCallsFailingError)
+    assert info.value.__cause__ is not None  # the provider's own exception
