@@ -268,3 +268,33 @@ def test_an_lm_configuration_error_reaches_the_caller_unwrapped(
         asyncio.run(main())
     assert not isinstance(info.value, LMCallsFailingError)
     assert info.value.__cause__ is not None  # the provider's own exception
+
+
+def test_a_saved_program_keeps_the_negotiated_mode(
+    calc_program: Callable[..., Any],
+    llm_server: FakeLLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> pf.Program:
+        program = await calc_program(like="openai")
+        x, y = arithmetic_data(2)
+        await program.evaluate(x, y, verbose=0)
+        return program
+
+    program = asyncio.run(main())
+    path = program.save(tmp_path / "calc.json")
+    assert '"structured_output_mode": "json_object"' in path.read_text(encoding="utf-8")
+    # A new process: no endpoint memory, only the file.
+    from promptfit.language_models import language_model as lm_module
+
+    monkeypatch.setattr(lm_module, "_ENDPOINT_MODES", {})
+    loaded = pf.load_program(path, api_key="sk-test")
+    lm = _lm_of(loaded)
+    assert lm.output_mode == "json_object" and lm.structured_output == "auto"
+    before = llm_server.stats()["format_rejected"]
+    x, y = arithmetic_data(3)
+    loaded.compile(reward=pf.rewards.ExactMatch())
+    logs = asyncio.run(loaded.evaluate(x, y, verbose=0))
+    assert logs["reward"] == 1.0
+    assert llm_server.stats()["format_rejected"] == before  # no second negotiation
