@@ -8,7 +8,8 @@ project live:
   ``"anthropic/claude-3-5-haiku-latest"``, ``"ollama/llama3"``, ``"openai/<name>"`` plus
   ``api_base=`` for any OpenAI-compatible server (vLLM, llama.cpp, LM Studio...), or
   ``"local/gemma-3-270m"`` for the embedded offline model. Constructing a client never touches
-  the network.
+  the network, but a string litellm cannot route (``"gpt4"`` without a provider) is refused
+  there, with ``LMConfigurationError``.
 * **Bounded concurrency.** A batch runs its examples concurrently; ``max_concurrency`` caps
   the requests in flight *per model*, so one client can be shared by every module, reward and
   optimizer of a run without tripping the provider's rate limit.
@@ -20,10 +21,13 @@ project live:
 * **A cache keyed by the whole request.** Re-running an evaluation costs nothing. The key is a
   hash of model, endpoint, messages, schema and sampling parameters; the API key is never part
   of it. ``cache="file.sqlite"`` makes it persistent across processes.
-* **Structured output with a fallback.** The client asks for a JSON-schema ``response_format``;
-  if the provider rejects it, it falls back to asking for JSON in the text, and validates the
-  reply against the data model either way.
-* **Usage counters.** Calls, tokens, cost, cache hits, failures and retries, per model.
+* **Structured output, negotiated.** The client asks for a JSON-schema ``response_format``;
+  if the server answers that it does not support it (whatever the status: 400, 422 or 500),
+  it steps down to ``json_object`` with the schema (llama.cpp, vLLM), then a bare
+  ``json_object``, then JSON in the text, remembers what works, and validates the reply
+  against the data model either way. See docs/concepts/own-server.md.
+* **Usage counters.** Calls (every request sent, retries included), tokens, cost, cache hits,
+  failures and retries, per model and per ``fit``/``evaluate``.
 
 Run it::
 
@@ -125,15 +129,22 @@ async def main() -> None:
     await (await build(second))(Query(question="What is 9 * 9?"))
     print(f"new client, same file -> calls={second.usage.calls}, hits={second.usage.cache_hits}")
 
-    section("6. Structured output and its fallback")
-    # The promptfit logger says when a provider refuses JSON-schema response_format.
+    section("6. Structured output, negotiated")
+    # The promptfit logger says, once, which mode a negotiation settled on.
     logging.basicConfig(stream=sys.stdout, format="  [log] %(message)s")
     logging.getLogger("promptfit").setLevel(logging.INFO)
-    # no_json_schema=1 makes the fake server reject response_format with HTTP 400, as some
-    # providers do; "auto" (the default) then asks for JSON in the text instead.
-    picky = language_model("arith", no_json_schema=True, structured_output="auto")
+    # like=llamacpp makes the fake server refuse a json_schema response_format with HTTP 500,
+    # as llama-cpp-python's server does; "auto" (the default) then sends json_object with the
+    # schema, which that server accepts, and keeps doing so.
+    picky = language_model("arith", like="llamacpp", structured_output="auto")
     print("auto      ->", await (await build(picky))(Query(question="What is 5 + 8?")))
-    # "json_text" skips the JSON-schema attempt altogether (one request fewer per failure).
+    print(
+        "mode      ->",
+        picky.output_mode,
+        "| saved as",
+        picky.get_config()["structured_output_mode"],
+    )
+    # Pinning a mode skips the negotiation ("json_text": the schema in the prompt only).
     text_only = language_model("arith", tag="text", structured_output="json_text")
     print("json_text ->", await (await build(text_only))(Query(question="What is 5 + 9?")))
     # On the embedded model, json_text also turns off the grammar that makes its output valid

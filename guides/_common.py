@@ -88,6 +88,7 @@ FAKE_OPTIONS = frozenset(
         "malformed_first",
         "malformed_rate",
         "no_json_schema",
+        "like",
         "seed",
         "min_examples",
         "hint",

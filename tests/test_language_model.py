@@ -202,7 +202,11 @@ def test_a_model_litellm_cannot_route_fails_at_construction(model: str) -> None:
         {"model": "ollama/llama3"},
     ],
 )
-def test_routable_models_are_accepted(kwargs: dict) -> None:
+def test_routable_models_are_accepted(kwargs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptfit.language_models._litellm import litellm
+
+    # Registering local/ must not leak into other tests' view of litellm's provider map.
+    monkeypatch.setattr(litellm, "custom_provider_map", list(litellm.custom_provider_map))
     assert pf.LanguageModel(**kwargs).model == kwargs["model"]
 
 

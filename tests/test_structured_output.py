@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import promptfit as pf
-from promptfit.errors import LMCallsFailingError
+from promptfit.errors import LMCallsFailingError, LMConfigurationError
 from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query, arithmetic_data
 
@@ -56,6 +57,7 @@ def test_matrix_evaluate_negotiates_the_expected_mode(
     program, logs = asyncio.run(main())
     after = llm_server.stats()
     lm = _lm_of(program)
+    requests = after["by_model"][_wire_model(lm)] - before["by_model"].get(_wire_model(lm), 0)
     assert logs["reward"] == 1.0 and logs["failed_calls"] == 0
     assert lm.output_mode == expected_mode
     assert (
@@ -63,7 +65,7 @@ def test_matrix_evaluate_negotiates_the_expected_mode(
     )
     # One refused request per mode stepped over, none retried, every request counted.
     assert after["format_rejected"] - before["format_rejected"] == refusals
-    assert after["by_model"][_wire_model(lm)] == 12 + refusals
+    assert requests == 12 + refusals
     assert logs["lm_calls"] == 12 + refusals and logs["retries"] == 0
     assert lm.get_config()["structured_output_mode"] == expected_mode
 
@@ -103,10 +105,11 @@ def test_a_pinned_mode_is_never_negotiated_nor_retried(
     """llama-cpp-python refuses json_schema with a 500: pinned, that is one request, no retry."""
     lm = make_lm("arith", like="llamacpp", lm_kwargs={"structured_output": "json_schema"})
     gen = pf.Generator(data_model=Answer, language_model=lm, input_data_model=Query)
+    before = llm_server.stats()["requests"]
     result = asyncio.run(lm.generate(gen.messages(Query(question="2 + 3")), Answer))
     assert result.value is None
     assert result.error is not None and "Input should be 'text' or 'json_object'" in result.error
-    assert llm_server.stats()["by_model"][_wire_model(lm)] == 1
+    assert llm_server.stats()["requests"] - before == 1
     assert lm.usage.retries == 0 and lm.usage.calls == 1
     assert lm.output_mode == "json_schema"
     assert lm.get_config()["structured_output_mode"] is None
@@ -144,7 +147,7 @@ def test_a_transient_500_that_is_not_about_the_format_is_still_retried(
 def test_evaluate_stops_early_when_every_first_call_fails_the_same_way(
     calc_program: Callable[..., Any], llm_server: FakeLLMServer
 ) -> None:
-    async def main() -> pf.Program:
+    async def main() -> None:
         program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})
         x, y = arithmetic_data(40)
         with pytest.raises(LMCallsFailingError) as info:
@@ -153,11 +156,11 @@ def test_evaluate_stops_early_when_every_first_call_fails_the_same_way(
         assert "first 5 LM calls" in message
         assert "Injected failure" in message  # the server's own words
         assert "fail_fast=False" in message and "server" in message
-        return program
 
-    program = asyncio.run(main())
+    before = llm_server.stats()["requests"]
+    asyncio.run(main())
     # Stopped after the second batch of 4, not after all 40 examples.
-    assert llm_server.stats()["by_model"][_wire_model(_lm_of(program))] <= 8
+    assert llm_server.stats()["requests"] - before <= 8
 
 
 def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
@@ -215,3 +218,83 @@ def test_retried_5xx_requests_are_counted_as_calls(calc_program: Callable[..., A
 
 async def _gather(coros: Any) -> list[Any]:
     return list(await asyncio.gather(*coros))
+
+
+def test_the_mode_is_on_each_lm_call_span(
+    calc_program: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace (real MLflow, sqlite store) shows which mode every LM call went out in."""
+    import mlflow
+
+    from promptfit.observability import disable_observability, enable_observability
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    try:
+        uri = enable_observability()
+
+        async def main() -> None:
+            program = await calc_program(like="vllm")
+            x, y = arithmetic_data(3)
+            await program.evaluate(x, y, verbose=0)
+
+        asyncio.run(main())
+        mlflow.flush_trace_async_logging()
+        client = mlflow.MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name("promptfit").experiment_id
+        traces = client.search_traces(locations=[experiment_id], max_results=50)
+        modes = [
+            s.attributes.get("structured_output")
+            for t in traces
+            for s in t.data.spans
+            if s.span_type == "CHAT_MODEL"
+        ]
+        assert modes and set(modes) == {"json_object_schema"}
+    finally:
+        disable_observability()
+
+
+def test_an_lm_configuration_error_reaches_the_caller_unwrapped(
+    calc_program: Callable[..., Any],
+) -> None:
+    """A bad key stops evaluate with LMConfigurationError itself, not an ExceptionGroup."""
+
+    async def main() -> None:
+        program = await calc_program(fail_first=100, error_status=401)
+        x, y = arithmetic_data(4)
+        await program.evaluate(x, y, batch_size=4, verbose=0)
+
+    with pytest.raises(LMConfigurationError, match="api_key") as info:
+        asyncio.run(main())
+    assert not isinstance(info.value, LMCallsFailingError)
+    assert info.value.__cause__ is not None  # the provider's own exception
+
+
+def test_a_saved_program_keeps_the_negotiated_mode(
+    calc_program: Callable[..., Any],
+    llm_server: FakeLLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> pf.Program:
+        program = await calc_program(like="openai")
+        x, y = arithmetic_data(2)
+        await program.evaluate(x, y, verbose=0)
+        return program
+
+    program = asyncio.run(main())
+    path = program.save(tmp_path / "calc.json")
+    assert '"structured_output_mode": "json_object"' in path.read_text(encoding="utf-8")
+    # A new process: no endpoint memory, only the file.
+    from promptfit.language_models import language_model as lm_module
+
+    monkeypatch.setattr(lm_module, "_ENDPOINT_MODES", {})
+    loaded = pf.load_program(path, api_key="sk-test")
+    lm = _lm_of(loaded)
+    assert lm.output_mode == "json_object" and lm.structured_output == "auto"
+    before = llm_server.stats()["format_rejected"]
+    x, y = arithmetic_data(3)
+    loaded.compile(reward=pf.rewards.ExactMatch())
+    logs = asyncio.run(loaded.evaluate(x, y, verbose=0))
+    assert logs["reward"] == 1.0
+    assert llm_server.stats()["format_rejected"] == before  # no second negotiation

@@ -347,7 +347,7 @@ class LanguageModel:
         self._settled = structured_output != "auto" or self._mode == "json_text"
         self._settled = self._settled or structured_output_mode is not None
         self._settled = self._settled or endpoint in _ENDPOINT_MODES
-        self._negotiated = structured_output == "auto" and self._settled and self._mode != MODES[0]
+        self._negotiated = False  # stepped down from a refused mode in this process
         self._probe_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
@@ -704,13 +704,14 @@ class LanguageModel:
             return
         endpoint = (self.model, self.api_base)
         _ENDPOINT_MODES[endpoint] = mode
-        if (self.model, self.api_base, mode) not in _LOGGED_MODES and self._negotiated:
+        if (self.model, self.api_base, mode) not in _LOGGED_MODES:
             _LOGGED_MODES.add((self.model, self.api_base, mode))
             logger.info(
-                "%s%s: structured output negotiated to %r (pin it with structured_output=%r).",
+                "%s%s: structured output negotiated to %r%s (pin it with structured_output=%r).",
                 self.model,
                 f" at {self.api_base}" if self.api_base else "",
                 mode,
+                " after refusals" if self._negotiated else "",
                 mode,
             )
 

@@ -55,9 +55,14 @@ def build_messages(
 
 
 def response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI-style ``json_schema`` response format (litellm translates it per provider)."""
-    safe = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64] or "output"
-    return {"type": "json_schema", "json_schema": {"name": safe, "schema": schema, "strict": False}}
+    """OpenAI-style ``json_schema`` response format (litellm translates it per provider).
+
+    The other structured-output modes are built by
+    :func:`promptfit.language_models.structured.response_format_for`.
+    """
+    from promptfit.language_models.structured import response_format_for
+
+    return response_format_for("json_schema", name, schema)  # type: ignore[return-value]
 
 
 def parse_json_reply(text: str) -> dict[str, Any]:

@@ -216,7 +216,8 @@ def run_scope(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             lone = _lone_lm_error(group)
             if lone is None:
                 raise
-            raise lone from group
+            # Keep the error's own cause (the provider's exception); the group stays as context.
+            raise lone from lone.__cause__
         finally:
             _SCOPE.reset(token)
 

@@ -13,8 +13,11 @@ __all__ = ["Usage"]
 class Usage:
     """Counters of what a language model has been asked and what it cost.
 
-    ``calls`` counts requests that reached the provider (retries included, cache hits
-    excluded); ``failed_calls`` counts generations that still failed after every retry.
+    ``calls`` counts every request sent to the provider: retries, failed attempts and requests
+    refused during structured-output negotiation included, cache hits excluded.
+    ``failed_calls`` counts generations that still failed after every retry; ``retries`` the
+    retries made. A ``fit``/``evaluate`` keeps its own copy of these counters too (see
+    :mod:`promptfit.language_models.scope`).
     """
 
     calls: int = 0

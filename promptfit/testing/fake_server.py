@@ -970,15 +970,18 @@ SERVER_LIKES: dict[str, ServerLike] = {
             "'response_format'"
         ),
     ),
-    # llama-cpp-python's server: its request validation error comes back as HTTP 500.
+    # llama-cpp-python's server: its request validation error comes back as HTTP 500
+    # (body as sent by llama-cpp-python 0.3 for a json_schema response_format).
     "llamacpp": ServerLike(
         frozenset({"json_object_schema", "json_object", "json_text"}),
         500,
         lambda mode, rf: {
             "error": {
-                "message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', "
-                "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': "
-                f"'{rf.get('type')}', 'ctx': {{'expected': \"'text' or 'json_object'\"}}}}]",
+                "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+                f"'input': '{rf.get('type')}', 'ctx': {{'expected': \"'text' or 'json_object'\"}}}}"
+                '\n\n  File "llama_cpp/server/app.py", line 376, in create_chat_completion\n'
+                "    POST /v1/chat/completions",
                 "type": "internal_server_error",
                 "param": None,
                 "code": None,
