@@ -13,6 +13,8 @@ import pytest
 import promptfit as pf
 from promptfit.testing import FakeLLMServer
 
+pytest_plugins = ["tests._network_guard"]  # refuse and fail any traffic beyond loopback
+
 
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[FakeLLMServer]:
