@@ -14,6 +14,7 @@ from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
 from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.secrets import register_language_models, scrub_credentials
 
 __all__ = ["BackupAndRestore"]
 
@@ -23,6 +24,9 @@ BACKUP_FORMAT = "promptfit.backup"
 BACKUP_VERSION = 1
 LATEST_NAME = "backup.json"
 PREVIOUS_NAME = "backup.prev.json"
+
+# Parts of ``fit_state`` that are training data (copied as they are), not configuration.
+_UNSCRUBBED = ("variables", "optimizer", "fingerprint", "seed")
 
 # What a backup's ``fit_state`` must hold for FitState.load_state_dict to apply it; a file
 # without them is treated as corrupt instead of half-restoring the program.
@@ -209,10 +213,15 @@ class BackupAndRestore(Callback):
         state = program.fit_state
         if state is None:
             return
+        register_language_models(program.all_language_models())
         payload = {
             "format": BACKUP_FORMAT,
             "version": BACKUP_VERSION,
-            "fit_state": state.state_dict(program, exclude=self),
+            # Callback states and logs may quote configurations: no credential is written.
+            # Variables and optimizer state are training data and must round-trip exactly.
+            "fit_state": scrub_credentials(
+                state.state_dict(program, exclude=self), keep=_UNSCRUBBED
+            ),
         }
         try:
             # NaN is allowed (Python reads it back): a NaN metric must not kill the run.

@@ -15,6 +15,7 @@ from promptfit.callbacks._log_files import LogWriteGuard
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
 from promptfit.saving.atomic import atomic_write_text, durable_append_text
+from promptfit.saving.secrets import scrub_credentials, scrub_text
 
 __all__ = ["CSVLogger"]
 
@@ -249,10 +250,12 @@ def _cell(value: Any) -> str:
         return MISSING
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int | str):
+    if isinstance(value, str):
+        return scrub_text(value)  # a log value quoting a header or URL must not leak a key
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if hasattr(value, "item"):  # numpy scalars
         return _cell(value.item())
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(scrub_credentials(value), ensure_ascii=False, default=str)

@@ -41,6 +41,7 @@ from typing import Any
 from promptfit.errors import CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_json
 from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.secrets import scrub_credentials
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -226,7 +227,7 @@ class CheckpointManifest:
                 {
                     "format": MANIFEST_FORMAT,
                     "version": MANIFEST_VERSION,
-                    "checkpoints": self.entries,
+                    "checkpoints": scrub_credentials(self.entries),
                 },
             )
         except OSError as exc:
