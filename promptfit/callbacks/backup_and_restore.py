@@ -10,10 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._restore_schema import validate_backup
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
-from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
 from promptfit.saving.secrets import register_language_models, scrub_credentials
 
 __all__ = ["BackupAndRestore"]
@@ -156,11 +157,25 @@ class BackupAndRestore(Callback):
             return
         path, raw, payload = found
         saved = payload["fit_state"]
+        # Every value is checked before anything is applied (and before any LM call).
+        validate_backup(path, saved, state, program)
+        before = _Snapshot(program)
         try:
             state.load_state_dict(program, saved, exclude=self)
         except BackupMismatchError as error:
+            before.restore()
             # Same error, with the file named: the fix ("delete the old backup") needs it.
             raise BackupMismatchError(f"Cannot resume from the backup {path}: {error}") from None
+        except CheckpointError:
+            before.restore()
+            raise
+        except Exception as error:  # a state a callback or the optimizer cannot take
+            before.restore()
+            raise CheckpointError(
+                f"The backup {path} is invalid ({type(error).__name__}: {str(error)[:200]}), "
+                f"so training cannot resume from it. Delete {path} to start training from "
+                "scratch."
+            ) from error
         self._last_good = raw
         self._warn_unmatched_callbacks(saved.get("callbacks", {}), state)
         self._report_resume(path, state)
@@ -252,7 +267,7 @@ class BackupAndRestore(Callback):
         problems: list[tuple[Path, str]] = []
         for path in candidates:
             try:
-                raw = path.read_bytes()
+                raw = read_regular_file(path)  # a FIFO named backup.json must not block
             except FileNotFoundError:
                 continue
             except OSError as error:
@@ -338,6 +353,24 @@ class BackupAndRestore(Callback):
             "double_checkpoint": self.double_checkpoint,
             "delete_checkpoint": self.delete_checkpoint,
         }
+
+
+class _Snapshot:
+    """What a failed restore must put back: the program's variables, usage and stop flag."""
+
+    def __init__(self, program: Any) -> None:
+        self.program = program
+        self.variables = program.get_variables()
+        self.lms = list(program.all_language_models())
+        self.usage = [lm.usage.state_dict() for lm in self.lms]
+        self.stop_training = program.stop_training
+
+    def restore(self) -> None:
+        with contextlib.suppress(Exception):
+            self.program.set_variables(self.variables)
+        for lm, usage in zip(self.lms, self.usage, strict=True):
+            lm.usage.load_state_dict(usage)
+        self.program.stop_training = self.stop_training
 
 
 def _parse(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
