@@ -8,6 +8,7 @@ matching builtin (``ValueError``, ``TypeError``...) so generic handlers keep wor
 from __future__ import annotations
 
 __all__ = [
+    "BackupLockedError",
     "BackupMismatchError",
     "CheckpointError",
     "ConfigurationError",
@@ -68,3 +69,7 @@ class CheckpointError(PromptfitError, RuntimeError):
 
 class BackupMismatchError(CheckpointError):
     """A backup was made by a different program, data set or fit configuration."""
+
+
+class BackupLockedError(CheckpointError):
+    """Another fit (in this or another process) is using the same backup directory."""

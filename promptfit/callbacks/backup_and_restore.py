@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._dir_lock import LOCK_NAME, DirectoryLock
 from promptfit.callbacks._restore_schema import validate_backup
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
@@ -130,6 +131,8 @@ class BackupAndRestore(Callback):
         # instance): what ``backup.prev.json`` becomes on the next save. Keeping them avoids
         # rotating a corrupt file over the good previous one.
         self._last_good: bytes | None = None
+        # Held from on_train_begin to on_train_end: one fit per backup directory at a time.
+        self._lock = DirectoryLock(self.backup_dir, "BackupAndRestore")
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -152,6 +155,8 @@ class BackupAndRestore(Callback):
             raise CheckpointError(
                 "BackupAndRestore only works inside program.fit(); pass it in `callbacks=`."
             )
+        # Before reading anything: a second run on this directory fails here, at once.
+        self._lock.acquire()
         found = self._read_backup()
         if found is None:
             return
@@ -200,9 +205,11 @@ class BackupAndRestore(Callback):
         self._failed = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._failed or not self.delete_checkpoint:
-            return
-        self.delete_backup()
+        try:
+            if not self._failed and self.delete_checkpoint:
+                self.delete_backup()
+        finally:
+            self._lock.release()
 
     # -- files -------------------------------------------------------------------------------
     def delete_backup(self) -> None:
@@ -215,7 +222,7 @@ class BackupAndRestore(Callback):
             stale_tmp = entry.name.startswith(
                 (f".{LATEST_NAME}.", f".{PREVIOUS_NAME}.")
             ) and entry.name.endswith(".tmp")
-            if entry.name in names or stale_tmp:
+            if entry.name in names or stale_tmp or (entry.name == LOCK_NAME and self._lock.held):
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
         fsync_dir(self.backup_dir)
