@@ -9,6 +9,7 @@ the holder's pid, host and start time, only to name it in the error.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -52,6 +53,8 @@ class DirectoryLock:
         if self._fd is not None or fcntl is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.directory)
+        _release_stale_holder(key)
         for _attempt in range(5):
             # O_NOFOLLOW: a symlink planted as the lock file must not make us write elsewhere.
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
@@ -80,6 +83,7 @@ class DirectoryLock:
             if same:
                 self._fd = fd
                 _write_holder(fd)
+                _holders[key] = (self, _current_task())
                 return
             os.close(fd)
         raise BackupLockedError(  # pragma: no cover - needs a pathological race
@@ -92,6 +96,9 @@ class DirectoryLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        for key, (lock, _task) in list(_holders.items()):
+            if lock is self:
+                del _holders[key]
         if remove:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
@@ -101,6 +108,32 @@ class DirectoryLock:
     def __del__(self) -> None:  # a forgotten lock must not outlive its object
         with contextlib.suppress(Exception):
             self.release()
+
+
+# Locks held in this process, by real directory path, with the asyncio task of the fit that
+# took them. A fit whose on_train_end never ran (an earlier callback raised there, as an
+# in-process "crash" does) would otherwise keep its descriptor, and so the lock, for as long as
+# the process lives; a process that really crashed loses it with its descriptors.
+_holders: dict[str, tuple[DirectoryLock, Any]] = {}
+
+
+def _current_task() -> Any:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _release_stale_holder(key: str) -> None:
+    """Drop this process's lock on ``key`` if the fit that took it is no longer running."""
+    held = _holders.get(key)
+    if held is None:
+        return
+    lock, task = held
+    if task is not None and not task.done() and task is not _current_task():
+        return  # a live fit: flock refuses the newcomer below, naming this process
+    # The holder's task ended, or it is ours (fits in one task run one after the other).
+    lock.release()
 
 
 def _write_holder(fd: int) -> None:
