@@ -16,6 +16,7 @@ __all__ = [
     "LMConfigurationError",
     "MonitorKeyError",
     "PromptfitError",
+    "RewardError",
     "SerializationError",
     "UnsafeFileError",
     "VariableValidationError",
@@ -73,3 +74,7 @@ class BackupMismatchError(CheckpointError):
 
 class BackupLockedError(CheckpointError):
     """Another fit (in this or another process) is using the same backup directory."""
+
+
+class RewardError(PromptfitError, ValueError):
+    """A reward raised, or returned something that is not a number in [0, 1]."""

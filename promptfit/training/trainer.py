@@ -22,6 +22,7 @@ from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
+from promptfit.rewards.checking import RewardErrors, check_reward_errors, score_batch
 from promptfit.rewards.reward import Reward, get_reward
 from promptfit.training.state import FitState, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
@@ -95,6 +96,7 @@ class Trainer:
         reward: Any = None,
         optimizer: Optimizer | None = None,
         metrics: Sequence[Metric] | None = None,
+        reward_errors: RewardErrors = "raise",
     ) -> None:
         """Set the reward, the optimizer and the metrics used by ``fit`` and ``evaluate``.
 
@@ -103,12 +105,17 @@ class Trainer:
                 returning a float in [0, 1].
             optimizer: A :class:`~promptfit.optimizers.Optimizer` (needed by ``fit`` only).
             metrics: Extra :class:`~promptfit.metrics.Metric` objects, logged by name.
+            reward_errors: What a reward that *raises* does: ``"raise"`` stops the run with
+                :class:`~promptfit.errors.RewardError` naming the reward and the example;
+                ``"record"`` scores the example 0 and logs one warning per reward. A value
+                outside [0, 1] or not a number is always a ``RewardError``.
         """
         from promptfit.optimizers.optimizer import Optimizer
 
         if reward is None:
             raise ConfigurationError("compile() needs a `reward`, e.g. pf.rewards.ExactMatch().")
         self.reward = get_reward(reward)
+        self.reward_errors = check_reward_errors(reward_errors)
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise ConfigurationError(
                 f"`optimizer` must be a pf.optimizers.Optimizer, got {type(optimizer).__name__}."
@@ -227,18 +234,12 @@ class Trainer:
         """Predict and score one batch (used by fit, evaluate and optimizers)."""
         reward = self._require_compiled("run_batch")
         outcome = await self.predict_on_batch(x, trace=trace)
-        rewards: list[float] = [0.0] * len(x)
-
-        async def score(i: int) -> None:
-            pred = outcome.predictions[i]
-            value = 0.0 if pred is None else await reward(y[i], pred)
-            if math.isnan(value):
-                value = 0.0
-            rewards[i] = value
-
-        await _run_concurrently(score, len(x))
+        # Checked values (numbers in [0, 1]); a failing reward is a RewardError, not a bare
+        # ExceptionGroup (see promptfit.rewards.checking).
+        outcome.rewards = await score_batch(
+            reward, x, y, outcome.predictions, getattr(self, "reward_errors", "raise")
+        )
         outcome.y = list(y)
-        outcome.rewards = rewards
         return outcome
 
     def _callbacks(
