@@ -24,6 +24,12 @@ from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
 from promptfit.rewards.checking import RewardErrors, check_reward_errors, score_batch
 from promptfit.rewards.reward import Reward, get_reward
+from promptfit.training.arguments import (
+    check_callbacks,
+    check_fit_arguments,
+    check_optional_batch_size,
+    check_verbose,
+)
 from promptfit.training.state import FitState, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
 
@@ -71,11 +77,7 @@ def _batches(n: int, batch_size: int) -> list[range]:
 
 
 def _check_batch_size(batch_size: int | None) -> int:
-    if batch_size is None:
-        return 32
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    return batch_size
+    return check_optional_batch_size("batch_size", batch_size, 32)
 
 
 class Trainer:
@@ -261,6 +263,8 @@ class Trainer:
     ) -> list[Any]:
         """Run the program on ``x``; returns one output per example, ``None`` where it failed."""
         batch_size = _check_batch_size(batch_size)
+        check_verbose(verbose)
+        check_callbacks(callbacks)
         rows = self._read_x(x)
         batches = _batches(len(rows), batch_size)
         cbs = self._callbacks(
@@ -296,8 +300,12 @@ class Trainer:
         reward = self._require_compiled("evaluate")
         del reward
         batch_size = _check_batch_size(batch_size)
+        check_verbose(verbose)
+        check_callbacks(callbacks)
         xs = self._read_x(x)
         ys = self._read_y(y, len(xs))
+        if not xs:
+            raise DataError("`x` is empty; evaluate() needs at least one example.")
         batches = _batches(len(xs), batch_size)
         cbs = self._callbacks(
             _with_progbar(callbacks, verbose, "evaluate"),
@@ -382,18 +390,20 @@ class Trainer:
                 "fit() needs an optimizer: program.compile(reward=..., "
                 "optimizer=pf.optimizers.RandomFewShot())."
             )
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ConfigurationError(f"`epochs` must be a positive integer, got {epochs!r}.")
-        if not 0.0 <= validation_split < 1.0:
-            raise ConfigurationError(
-                f"`validation_split` must be in [0, 1), got {validation_split!r}."
-            )
-        if not 0 <= initial_epoch < epochs:
-            raise ConfigurationError(
-                f"`initial_epoch` ({initial_epoch}) must be in [0, epochs={epochs})."
-            )
+        check_fit_arguments(
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            validation_split=validation_split,
+            seed=seed,
+            verbose=verbose,
+            callbacks=callbacks,
+            shuffle=shuffle,
+            validation_data=validation_data,
+        )
         batch_size = _check_batch_size(batch_size)
-        val_batch_size = _check_batch_size(validation_batch_size or batch_size)
+        val_batch_size = check_optional_batch_size(
+            "validation_batch_size", validation_batch_size, batch_size
+        )
         xs = self._read_x(x)
         ys = self._read_y(y, len(xs))
         if not xs:
@@ -405,6 +415,8 @@ class Trainer:
                 raise DataError("`validation_data` must be a tuple (x_val, y_val).")
             val_xs = self._read_x(validation_data[0])
             val_ys = self._read_y(validation_data[1], len(val_xs))
+            if not val_xs:
+                raise DataError("`validation_data` is empty; pass examples or leave it out.")
         elif validation_split > 0:
             n_val = int(len(xs) * validation_split)
             if n_val == 0 or n_val == len(xs):
