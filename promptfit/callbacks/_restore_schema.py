@@ -153,6 +153,37 @@ class MonitorState(_Open):
     run_id: Annotated[StrictStr, Field(max_length=256)] | None = None
 
 
+class OptimizerState(_Open):
+    rng: list[Any] | None = None
+
+
+class PopulationMember(_Model):
+    key: StrictStr
+    variables: dict[StrictStr, Any]
+    score: Number
+    evals: Annotated[StrictInt, Field(ge=1, le=_BIG)]
+
+
+class PopulationState(OptimizerState):
+    population: list[PopulationMember] = []
+    moves: Count = 0
+
+
+class Demonstration(_Model):
+    inputs: dict[StrictStr, Any]
+    outputs: dict[StrictStr, Any]
+
+
+class RandomFewShotState(PopulationState):
+    pool: dict[StrictStr, list[Demonstration]] = {}
+
+
+_OPTIMIZER_SCHEMAS: dict[str, type[BaseModel]] = {
+    "Optimizer": OptimizerState,
+    "PopulationOptimizer": PopulationState,
+    "RandomFewShot": RandomFewShotState,
+}
+
 _CALLBACK_SCHEMAS: dict[str, type[BaseModel]] = {
     "CSVLogger": CSVLoggerState,
     "History": HistoryState,
@@ -164,12 +195,47 @@ _CALLBACK_SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
-def _schema_for(callback: Any) -> type[BaseModel] | None:
-    """The schema of a promptfit callback (subclasses included), ``None`` for others."""
-    for cls in type(callback).__mro__:
-        if cls.__module__.startswith("promptfit.") and cls.__name__ in _CALLBACK_SCHEMAS:
-            return _CALLBACK_SCHEMAS[cls.__name__]
+def _schema_for(obj: Any, schemas: dict[str, type[BaseModel]]) -> type[BaseModel] | None:
+    """The schema of a promptfit callback or optimizer (subclasses included), else ``None``."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith("promptfit.") and cls.__name__ in schemas:
+            return schemas[cls.__name__]
     return None
+
+
+def _check_variables(path: Path, program: Program, where: str, variables: Any) -> None:
+    """Dry-run ``set_variables`` (then put the current values back): a candidate the optimizer
+    would apply mid-epoch must not fail there, after LM calls were paid."""
+    current = program.get_variables()
+    try:
+        program.set_variables(variables)
+    except Exception as error:
+        raise _invalid(path, f"{where}: {str(error)[:200]}") from None
+    finally:
+        program.set_variables(current)
+
+
+def _check_optimizer(path: Path, state: Any, optimizer: Any, program: Program) -> None:
+    schema = _schema_for(optimizer, _OPTIMIZER_SCHEMAS) if optimizer is not None else None
+    if schema is None or state is None:
+        return
+    checked = _check(path, "optimizer.", schema, state)
+    for index, member in enumerate(getattr(checked, "population", [])):
+        _check_variables(path, program, f"optimizer.population.{index}", member.variables)
+    pool = getattr(checked, "pool", {})
+    if pool:
+        variables = program.get_variables()
+        for module, demos in pool.items():
+            target = next((p for p, v in variables.items() if p.split("/", 1)[0] == module), None)
+            if target is None or not isinstance(variables[target], dict):
+                raise _invalid(path, f"optimizer.pool names {module!r}, not a generator")
+            if "examples" not in variables[target]:
+                continue
+            for index, demo in enumerate(demos):
+                candidate = {**variables[target], "examples": [demo.model_dump()]}
+                _check_variables(
+                    path, program, f"optimizer.pool.{module}.{index}", {target: candidate}
+                )
 
 
 def _first_error(error: ValidationError) -> str:
@@ -213,11 +279,12 @@ def validate_backup(path: Path, saved: Any, state: FitState, program: Program) -
         raise _invalid(path, f"step {fit.step} is set although all epochs are done")
     if state.xs and fit.reward_count > len(state.xs):
         raise _invalid(path, f"reward_count {fit.reward_count} exceeds the examples seen")
+    _check_optimizer(path, fit.optimizer, state.optimizer, program)
     callbacks = state.callbacks or []
     for index, callback in enumerate(callbacks):
         key = state.callback_key(index, callback)
         if key not in fit.callbacks:
             continue
-        schema = _schema_for(callback)
+        schema = _schema_for(callback, _CALLBACK_SCHEMAS)
         if schema is not None:
             _check(path, f"callbacks[{key!r}].", schema, fit.callbacks[key])
