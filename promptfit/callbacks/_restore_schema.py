@@ -30,7 +30,7 @@ from pydantic import (
     ValidationError,
 )
 
-from promptfit.errors import CheckpointError
+from promptfit.errors import BackupMismatchError, CheckpointError
 from promptfit.saving.paths import is_safe_relative
 
 if TYPE_CHECKING:
@@ -269,6 +269,10 @@ def validate_backup(path: Path, saved: Any, state: FitState, program: Program) -
     """
     fit = _check(path, "fit_state.", FitStateSchema, saved)
     assert isinstance(fit, FitStateSchema)
+    try:  # a backup of another run is reported as such, before any detail of its contents
+        state.check_compatible(saved)
+    except BackupMismatchError as error:
+        raise BackupMismatchError(f"Cannot resume from the backup {path}: {error}") from None
     if fit.epoch > state.epochs:
         raise _invalid(path, f"epoch {fit.epoch} is beyond the fit's {state.epochs} epochs")
     if fit.step > state.steps_per_epoch:
