@@ -89,8 +89,15 @@ class BackupAndRestore(Callback):
             ``False`` the final backup stays, and running the same ``fit`` again restores the
             finished state and trains nothing.
 
+    Only one fit at a time may use a ``backup_dir``: the callback holds an OS lock
+    (``fcntl.flock``) on it from ``on_train_begin`` to ``on_train_end``, released by the kernel
+    if the process dies. Every value of a backup is validated (see
+    ``promptfit/callbacks/_restore_schema.py``) before anything is restored or any LM call.
+
     Raises:
         ConfigurationError: For an empty ``backup_dir`` or an invalid ``save_freq``.
+        BackupLockedError: (in ``fit``) another fit holds the directory; names its pid/host.
+        CheckpointError: (in ``fit``) the backup is corrupt or invalid; names the file to delete.
 
     Example:
         ```python
