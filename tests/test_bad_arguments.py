@@ -118,3 +118,17 @@ def test_optimizer_arguments(kwargs: dict[str, Any], match: str) -> None:
 
 def test_errors_are_promptfit_errors() -> None:
     assert issubclass(ConfigurationError, PromptfitError) and issubclass(DataError, PromptfitError)
+
+
+def test_a_lone_surrogate_in_a_data_model_instance_is_a_data_error(
+    calc_program: Callable[..., Any],
+) -> None:
+    from tests.conftest import Query
+
+    async def run() -> pf.Program:
+        program = await calc_program()
+        with pytest.raises(DataError, match="surrogate"):
+            await program.evaluate([Query(question="bad \ud800")], [{"answer": "1"}], verbose=0)
+        return program
+
+    assert _calls(asyncio.run(run())) == 0

@@ -254,6 +254,7 @@ def _backup_document(template: Path) -> dict[str, Any]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
+@pytest.mark.filterwarnings("ignore:BackupAndRestore. the callbacks differ")
 def test_fuzzed_backups_resume_or_fail_before_any_lm_call(
     data: st.DataObject, backup_template: tuple[Path, pf.LanguageModel], fuzz_root: Path
 ) -> None:

@@ -252,3 +252,15 @@ def test_a_valid_file_still_loads_and_runs(
     program = pf.load_program(path, api_key="sk-test-secret-key")
     program.compile(reward=pf.rewards.ExactMatch())
     assert asyncio.run(program.evaluate(*arithmetic_data(2), verbose=0))["reward"] == 1.0
+
+
+def test_environment_derived_endpoints_are_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ollama/...`` is local by default, but litellm takes its endpoint from the environment."""
+    path = _program_file(tmp_path, model="ollama/llama3", api_base=None)
+    monkeypatch.setenv("OLLAMA_API_BASE", "http://203.0.113.3:11434")
+    with pytest.raises(UnsafeFileError, match=r"203\.0\.113\.3"):
+        pf.load_program(path)
+    monkeypatch.setenv("OLLAMA_API_BASE", "http://127.0.0.1:11434")
+    assert pf.load_program(path).language_models[0].model == "ollama/llama3"

@@ -73,8 +73,7 @@ def _validated_row(
         raise DataError(
             f"{label} is a {type(row).__name__}; expected a dict or {data_model.__name__}."
         )
-    if isinstance(row, dict):
-        check_text(row, label)
+    check_text(row if isinstance(row, dict) else row.__dict__, label)
     try:
         return validate(row)
     except DataError as exc:

@@ -342,4 +342,7 @@ def load_variables(program: Program, path: str | os.PathLike[str], strict: bool 
         data = read_json_file(path, VARIABLES_FORMAT)
     except SerializationError:
         data = read_json_file(path, PROGRAM_FORMAT)
-    program.set_variables(data["variables"], strict=strict)
+    variables = data.get("variables")
+    if not isinstance(variables, dict):
+        raise SerializationError(f"{path} has no 'variables' object; the file is corrupt.")
+    program.set_variables(variables, strict=strict)
