@@ -257,3 +257,24 @@ def test_a_fifo_in_place_of_a_run_file_does_not_block(tmp_path: Path, name: str)
         pytest.fail(f"reading a FIFO named {name} blocked")
     assert isinstance(outcome[0], PromptfitError)
     assert "not a regular file" in str(outcome[0])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"tags": 5},
+        {"metrics": []},
+        {"mode": "sideways"},
+        {"path": "../outside.json"},
+    ],
+    ids=["tags", "metrics", "mode", "path"],
+)
+def test_a_damaged_manifest_fails_before_any_lm_call(
+    llm_server: FakeLLMServer, crashed_run: Path, edit: dict[str, Any]
+) -> None:
+    path = crashed_run / "ckpt" / "checkpoints.json"
+    manifest = json.loads(path.read_text())
+    manifest["checkpoints"][0].update(edit)
+    path.write_text(json.dumps(manifest))
+    error = _resume_refused(llm_server, crashed_run)
+    assert str(path) in str(error) and "Delete" in str(error)

@@ -315,8 +315,10 @@ class ProgramCheckpoint(Callback):
 
     # -- hooks ---------------------------------------------------------------------------------
     async def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        # Both checks run before any LM call.
+        # These checks run before any LM call; so does reading the manifest, which a resumed
+        # run will update (a corrupt one fails now, not after a paid epoch).
         self._monitor.resolve()
+        CheckpointManifest.load(self.directory)
         if self.module_names:
             known = sorted(m.name for m in self.program.modules)
             unknown = [n for n in self.module_names if n not in known]

@@ -125,6 +125,26 @@ def _check_relative(manifest_path: Path, rel: Any) -> str:
     return rel
 
 
+def _check_fields(manifest_path: Path, entry: dict[str, Any]) -> None:
+    """The fields ``ProgramCheckpoint`` and the lookups use must have their types, so a
+    damaged manifest fails when it is read, not at an epoch end after paid LM calls."""
+    tags, metrics = entry.get("tags"), entry.get("metrics")
+    problem = None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problem = f"tags {tags!r:.60} are not a list of strings"
+    elif not isinstance(metrics, dict):
+        problem = f"metrics {metrics!r:.60} are not an object"
+    elif not isinstance(entry.get("monitor", ""), str | None):
+        problem = f"monitor {entry.get('monitor')!r:.60} is not a string"
+    elif entry.get("mode") not in (None, "min", "max"):
+        problem = f"mode {entry.get('mode')!r:.60} is not 'min' or 'max'"
+    if problem:
+        raise CheckpointError(
+            f"{manifest_path} is corrupt: the entry {entry.get('path')!r} has {problem}. Delete "
+            "the file to start a fresh manifest; the checkpoint files themselves are untouched."
+        )
+
+
 class CheckpointManifest:
     """The records of one checkpoint directory (``<directory>/checkpoints.json``).
 
@@ -188,6 +208,7 @@ class CheckpointManifest:
             _check_relative(path, entry.get("path"))
             entry.setdefault("tags", [])
             entry.setdefault("metrics", {})
+            _check_fields(path, entry)
         manifest.entries = entries
         return manifest
 
