@@ -264,3 +264,25 @@ def test_environment_derived_endpoints_are_judged(
         pf.load_program(path)
     monkeypatch.setenv("OLLAMA_API_BASE", "http://127.0.0.1:11434")
     assert pf.load_program(path).language_models[0].model == "ollama/llama3"
+
+
+def test_custom_providers_need_to_be_allowed(tmp_path: Path) -> None:
+    from promptfit.language_models._litellm import litellm
+
+    entry = {"provider": "mycorp", "custom_handler": object()}
+    litellm.custom_provider_map.append(entry)
+    try:
+        path = _program_file(tmp_path, model="mycorp/model-1", api_base=None)
+        with pytest.raises(UnsafeFileError, match="'mycorp'"):
+            pf.load_program(path)
+        (lm,) = pf.load_program(path, allowed_providers=["mycorp"]).language_models
+        assert lm.model == "mycorp/model-1"
+    finally:
+        litellm.custom_provider_map.remove(entry)
+
+
+@pytest.mark.parametrize("model", ["local//etc/passwd.gguf", "local/../../w.gguf", "local/x.gguf"])
+def test_the_embedded_model_cannot_be_pointed_at_a_file(tmp_path: Path, model: str) -> None:
+    path = _program_file(tmp_path, model=model, api_base=None)
+    with pytest.raises(UnsafeFileError, match="loads the model weights from the path"):
+        pf.load_program(path)

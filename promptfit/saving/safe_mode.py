@@ -158,6 +158,10 @@ def _route_problems(config: dict[str, Any], allowed: frozenset[str]) -> list[str
     except UnsafeFileError as error:
         return [str(error)]
     if provider in _OFFLINE_PROVIDERS:
+        name = model.split("/", 1)[1]
+        if "/" in name or "\\" in name or name.lower().endswith(".gguf") or ".." in name:
+            # A path would make the loader read (and parse) any file the file names.
+            return [f"it loads the model weights from the path {name!r}"]
         remote = [url for url in endpoints if not is_loopback_url(url)]
         return [f"it sends requests to {url!r}" for url in remote]
     remote = [url for url in endpoints if not is_loopback_url(url)]
