@@ -154,6 +154,8 @@ BAD_BACKUPS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("usage unknown counter", _set(["epoch_usage_start", "evil"], 1)),
     ("CSV header 'abc'", _set(["@CSVLogger", "header"], "abc")),
     ("CSV rows_written -1", _set(["@CSVLogger", "rows_written"], -1)),
+    ("CSV header of other columns", _set(["@CSVLogger", "header"], ["a", "b", "c"])),
+    ("CSV header reordered", _set(["@CSVLogger", "header"], ["reward", "epoch"])),
     ("metric renamed", _set(["metrics", "accuracy", "name"], "evil")),
     ("metric count string", _set(["metrics", "accuracy", "count"], "7")),
     ("f1 counts negative", _set(["metrics", "f1_score", "tp"], {"a": -1})),
