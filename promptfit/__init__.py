@@ -42,6 +42,9 @@ from promptfit.observability import disable_observability, enable_observability
 from promptfit.programs import Program, Sequential
 from promptfit.saving.program_io import load_program
 from promptfit.saving.registry import register_serializable as _register
+from promptfit.saving.secrets import install_log_filter as _install_log_filter
+
+_install_log_filter()  # the "promptfit" logger never prints a credential
 
 for _cls in (Program, Sequential, Generator, ChainOfThought, FunctionModule):
     _register("promptfit")(_cls)

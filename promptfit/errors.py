@@ -8,6 +8,7 @@ matching builtin (``ValueError``, ``TypeError``...) so generic handlers keep wor
 from __future__ import annotations
 
 __all__ = [
+    "BackupLockedError",
     "BackupMismatchError",
     "CheckpointError",
     "ConfigurationError",
@@ -16,6 +17,7 @@ __all__ = [
     "LMConfigurationError",
     "MonitorKeyError",
     "PromptfitError",
+    "RewardError",
     "SerializationError",
     "UnsafeFileError",
     "VariableValidationError",
@@ -77,3 +79,11 @@ class CheckpointError(PromptfitError, RuntimeError):
 
 class BackupMismatchError(CheckpointError):
     """A backup was made by a different program, data set or fit configuration."""
+
+
+class BackupLockedError(CheckpointError):
+    """Another fit (in this or another process) is using the same backup directory."""
+
+
+class RewardError(PromptfitError, ValueError):
+    """A reward raised, or returned something that is not a number in [0, 1]."""

@@ -14,6 +14,8 @@ from _local_model_support import pytest_collection_modifyitems  # noqa: F401  (a
 import promptfit as pf
 from promptfit.testing import FakeLLMServer
 
+pytest_plugins = ["tests._network_guard"]  # refuse and fail any traffic beyond loopback
+
 
 @pytest.fixture(autouse=True)
 def _own_response_cache(

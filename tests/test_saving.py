@@ -267,7 +267,6 @@ def test_safe_mode_refuses_what_could_redirect_a_key(
         {"api_base": "http://localhost:8000/v1"},
         {"api_base": "http://127.0.0.2:8000/v1"},
         {"api_base": "http://[::1]:8000/v1"},
-        {"api_base": None},
         {"top_p": 0.9, "seed": 3, "stop": ["\n\n"]},
         {"cache": "runs/cache.sqlite"},
     ],

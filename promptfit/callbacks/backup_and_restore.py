@@ -10,10 +10,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._dir_lock import LOCK_NAME, DirectoryLock
+from promptfit.callbacks._restore_schema import validate_backup
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
-from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
+from promptfit.saving.secrets import register_language_models, scrub_credentials
 
 __all__ = ["BackupAndRestore"]
 
@@ -23,6 +26,9 @@ BACKUP_FORMAT = "promptfit.backup"
 BACKUP_VERSION = 1
 LATEST_NAME = "backup.json"
 PREVIOUS_NAME = "backup.prev.json"
+
+# Parts of ``fit_state`` that are training data (copied as they are), not configuration.
+_UNSCRUBBED = ("variables", "optimizer", "fingerprint", "seed")
 
 # What a backup's ``fit_state`` must hold for FitState.load_state_dict to apply it; a file
 # without them is treated as corrupt instead of half-restoring the program.
@@ -83,8 +89,15 @@ class BackupAndRestore(Callback):
             ``False`` the final backup stays, and running the same ``fit`` again restores the
             finished state and trains nothing.
 
+    Only one fit at a time may use a ``backup_dir``: the callback holds an OS lock
+    (``fcntl.flock``) on it from ``on_train_begin`` to ``on_train_end``, released by the kernel
+    if the process dies. Every value of a backup is validated (see
+    ``promptfit/callbacks/_restore_schema.py``) before anything is restored or any LM call.
+
     Raises:
         ConfigurationError: For an empty ``backup_dir`` or an invalid ``save_freq``.
+        BackupLockedError: (in ``fit``) another fit holds the directory; names its pid/host.
+        CheckpointError: (in ``fit``) the backup is corrupt or invalid; names the file to delete.
 
     Example:
         ```python
@@ -125,6 +138,8 @@ class BackupAndRestore(Callback):
         # instance): what ``backup.prev.json`` becomes on the next save. Keeping them avoids
         # rotating a corrupt file over the good previous one.
         self._last_good: bytes | None = None
+        # Held from on_train_begin to on_train_end: one fit per backup directory at a time.
+        self._lock = DirectoryLock(self.backup_dir, "BackupAndRestore")
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -147,16 +162,32 @@ class BackupAndRestore(Callback):
             raise CheckpointError(
                 "BackupAndRestore only works inside program.fit(); pass it in `callbacks=`."
             )
+        # Before reading anything: a second run on this directory fails here, at once.
+        self._lock.acquire()
         found = self._read_backup()
         if found is None:
             return
         path, raw, payload = found
         saved = payload["fit_state"]
+        # Every value is checked before anything is applied (and before any LM call).
+        validate_backup(path, saved, state, program)
+        before = _Snapshot(program)
         try:
             state.load_state_dict(program, saved, exclude=self)
         except BackupMismatchError as error:
+            before.restore()
             # Same error, with the file named: the fix ("delete the old backup") needs it.
             raise BackupMismatchError(f"Cannot resume from the backup {path}: {error}") from None
+        except CheckpointError:
+            before.restore()
+            raise
+        except Exception as error:  # a state a callback or the optimizer cannot take
+            before.restore()
+            raise CheckpointError(
+                f"The backup {path} is invalid ({type(error).__name__}: {str(error)[:200]}), "
+                f"so training cannot resume from it. Delete {path} to start training from "
+                "scratch."
+            ) from error
         self._last_good = raw
         self._warn_unmatched_callbacks(saved.get("callbacks", {}), state)
         self._report_resume(path, state)
@@ -181,9 +212,11 @@ class BackupAndRestore(Callback):
         self._failed = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._failed or not self.delete_checkpoint:
-            return
-        self.delete_backup()
+        try:
+            if not self._failed and self.delete_checkpoint:
+                self.delete_backup()
+        finally:
+            self._lock.release()
 
     # -- files -------------------------------------------------------------------------------
     def delete_backup(self) -> None:
@@ -196,7 +229,7 @@ class BackupAndRestore(Callback):
             stale_tmp = entry.name.startswith(
                 (f".{LATEST_NAME}.", f".{PREVIOUS_NAME}.")
             ) and entry.name.endswith(".tmp")
-            if entry.name in names or stale_tmp:
+            if entry.name in names or stale_tmp or (entry.name == LOCK_NAME and self._lock.held):
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
         fsync_dir(self.backup_dir)
@@ -209,10 +242,15 @@ class BackupAndRestore(Callback):
         state = program.fit_state
         if state is None:
             return
+        register_language_models(program.all_language_models())
         payload = {
             "format": BACKUP_FORMAT,
             "version": BACKUP_VERSION,
-            "fit_state": state.state_dict(program, exclude=self),
+            # Callback states and logs may quote configurations: no credential is written.
+            # Variables and optimizer state are training data and must round-trip exactly.
+            "fit_state": scrub_credentials(
+                state.state_dict(program, exclude=self), keep=_UNSCRUBBED
+            ),
         }
         try:
             # NaN is allowed (Python reads it back): a NaN metric must not kill the run.
@@ -243,7 +281,7 @@ class BackupAndRestore(Callback):
         problems: list[tuple[Path, str]] = []
         for path in candidates:
             try:
-                raw = path.read_bytes()
+                raw = read_regular_file(path)  # a FIFO named backup.json must not block
             except FileNotFoundError:
                 continue
             except OSError as error:
@@ -329,6 +367,24 @@ class BackupAndRestore(Callback):
             "double_checkpoint": self.double_checkpoint,
             "delete_checkpoint": self.delete_checkpoint,
         }
+
+
+class _Snapshot:
+    """What a failed restore must put back: the program's variables, usage and stop flag."""
+
+    def __init__(self, program: Any) -> None:
+        self.program = program
+        self.variables = program.get_variables()
+        self.lms = list(program.all_language_models())
+        self.usage = [lm.usage.state_dict() for lm in self.lms]
+        self.stop_training = program.stop_training
+
+    def restore(self) -> None:
+        with contextlib.suppress(Exception):
+            self.program.set_variables(self.variables)
+        for lm, usage in zip(self.lms, self.usage, strict=True):
+            lm.usage.load_state_dict(usage)
+        self.program.stop_training = self.stop_training
 
 
 def _parse(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:

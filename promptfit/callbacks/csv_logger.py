@@ -15,6 +15,7 @@ from promptfit.callbacks._log_files import LogWriteGuard
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
 from promptfit.saving.atomic import atomic_write_text, durable_append_text
+from promptfit.saving.secrets import scrub_credentials, scrub_text
 
 __all__ = ["CSVLogger"]
 
@@ -123,8 +124,21 @@ class CSVLogger(Callback):
         return {"rows_written": self.rows_written, "header": self.header}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        header = state["header"]
+        if header is not None:
+            # The backup's header is the file's at backup time: the file's header can only have
+            # grown since (new keys are appended). Anything else would rewrite the log with
+            # columns that never were.
+            current, _rows = self._read_file()
+            if header[:1] != ["epoch"] or (
+                current is not None and current[: len(header)] != list(header)
+            ):
+                raise ValueError(
+                    f"CSVLogger: the backed-up header {header!r:.100} does not match "
+                    f"{self.filepath} (header {current!r:.100})"
+                )
         # Applied to the file at the next hook (see _prepare), whichever order the hooks ran in.
-        self._restored = {"rows_written": int(state["rows_written"]), "header": state["header"]}
+        self._restored = {"rows_written": int(state["rows_written"]), "header": header}
         self._prepared = False
 
     # -- file handling -----------------------------------------------------------------------
@@ -249,10 +263,12 @@ def _cell(value: Any) -> str:
         return MISSING
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int | str):
+    if isinstance(value, str):
+        return scrub_text(value)  # a log value quoting a header or URL must not leak a key
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if hasattr(value, "item"):  # numpy scalars
         return _cell(value.item())
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(scrub_credentials(value), ensure_ascii=False, default=str)

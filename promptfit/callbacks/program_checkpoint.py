@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import os
@@ -16,6 +15,7 @@ from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
 from promptfit.checkpoints.manifest import CheckpointManifest, make_entry
 from promptfit.errors import CheckpointError, ConfigurationError, MonitorKeyError
+from promptfit.saving.paths import PathEscapeError, contained_path
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
@@ -315,8 +315,10 @@ class ProgramCheckpoint(Callback):
 
     # -- hooks ---------------------------------------------------------------------------------
     async def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        # Both checks run before any LM call.
+        # These checks run before any LM call; so does reading the manifest, which a resumed
+        # run will update (a corrupt one fails now, not after a paid epoch).
         self._monitor.resolve()
+        CheckpointManifest.load(self.directory)
         if self.module_names:
             known = sorted(m.name for m in self.program.modules)
             unknown = [n for n in self.module_names if n not in known]
@@ -465,8 +467,7 @@ class ProgramCheckpoint(Callback):
         # pointing at nothing that a reader would trust.
         manifest.save()
         for entry in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                manifest.file_of(entry).unlink()
+            manifest.unlink_entry_file(entry)
 
     def _beyond_top_k(
         self, manifest: CheckpointManifest, owned: set[str], protected: set[str]
@@ -559,7 +560,16 @@ class ProgramCheckpoint(Callback):
                 )
         self._batches_seen = int(state.get("batches_seen", 0))
         self._current_epoch = int(state.get("current_epoch", 0))
-        self._saved = list(state.get("saved", []))
+        saved_paths = list(state.get("saved", []))
+        for rel in saved_paths:
+            # These paths steer keep_top_k's deletes: their real location must be inside.
+            try:
+                contained_path(self.directory, rel, follow_last=False)
+            except PathEscapeError as error:
+                raise CheckpointError(
+                    f"ProgramCheckpoint's backed-up state names the checkpoint {error}"
+                ) from None
+        self._saved = saved_paths
         for child, child_state in zip(self.on_best, state.get("on_best", []), strict=False):
             child.load_state_dict(child_state)
 

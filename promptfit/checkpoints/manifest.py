@@ -30,17 +30,20 @@ end-of-epoch saves); entries are in save order, so the last one is the latest.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 import warnings
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from promptfit.errors import CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_json
-from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
+from promptfit.saving.paths import PathEscapeError, contained_path
+from promptfit.saving.secrets import scrub_credentials
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -111,13 +114,35 @@ def _check_relative(manifest_path: Path, rel: Any) -> str:
             f"{manifest_path} is corrupt: an entry has path {rel!r}. Delete the file to start a "
             "fresh manifest."
         )
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or Path(rel).is_absolute():
+    try:
+        # Real paths: a symlinked sub-directory must not lead a read or a delete elsewhere.
+        contained_path(manifest_path.parent, rel)
+    except PathEscapeError as error:
         raise CheckpointError(
-            f"{manifest_path} is corrupt: entry path {rel!r} points outside its directory. "
-            "Delete the file to start a fresh manifest."
-        )
+            f"{manifest_path} is corrupt: entry path {error} (it points outside its "
+            "directory). Delete the file to start a fresh manifest."
+        ) from None
     return rel
+
+
+def _check_fields(manifest_path: Path, entry: dict[str, Any]) -> None:
+    """The fields ``ProgramCheckpoint`` and the lookups use must have their types, so a
+    damaged manifest fails when it is read, not at an epoch end after paid LM calls."""
+    tags, metrics = entry.get("tags"), entry.get("metrics")
+    problem = None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problem = f"tags {tags!r:.60} are not a list of strings"
+    elif not isinstance(metrics, dict):
+        problem = f"metrics {metrics!r:.60} are not an object"
+    elif not isinstance(entry.get("monitor", ""), str | None):
+        problem = f"monitor {entry.get('monitor')!r:.60} is not a string"
+    elif entry.get("mode") not in (None, "min", "max"):
+        problem = f"mode {entry.get('mode')!r:.60} is not 'min' or 'max'"
+    if problem:
+        raise CheckpointError(
+            f"{manifest_path} is corrupt: the entry {entry.get('path')!r} has {problem}. Delete "
+            "the file to start a fresh manifest; the checkpoint files themselves are untouched."
+        )
 
 
 class CheckpointManifest:
@@ -161,7 +186,7 @@ class CheckpointManifest:
         manifest = cls(directory)
         path = manifest.path
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular_file(path)
         except FileNotFoundError:
             return manifest
         except OSError as exc:
@@ -183,12 +208,37 @@ class CheckpointManifest:
             _check_relative(path, entry.get("path"))
             entry.setdefault("tags", [])
             entry.setdefault("metrics", {})
+            _check_fields(path, entry)
         manifest.entries = entries
         return manifest
 
     def file_of(self, entry: Mapping[str, Any]) -> Path:
-        """The checkpoint file an entry describes."""
+        """The checkpoint file an entry describes (checked to lie inside the directory).
+
+        Raises:
+            CheckpointError: the entry's real path (symlinks resolved) is outside.
+        """
+        _check_relative(self.path, entry.get("path"))
         return self.directory / entry["path"]
+
+    def unlink_entry_file(self, entry: Mapping[str, Any]) -> None:
+        """Delete an entry's file, never anything outside the directory.
+
+        The parent directories are resolved (a symlinked ``sub/`` cannot redirect the delete);
+        a checkpoint that is itself a symlink loses the link, never its target.
+
+        Raises:
+            CheckpointError: the entry's parent directory is really outside the directory.
+        """
+        try:
+            target = contained_path(self.directory, entry.get("path"), follow_last=False)
+        except PathEscapeError as error:
+            raise CheckpointError(
+                f"{self.path}: refusing to delete {error}. Delete the manifest to start a "
+                "fresh one."
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
 
     def prune_missing(self) -> list[dict[str, Any]]:
         """Drop (and return) the entries whose checkpoint file no longer exists."""
@@ -226,7 +276,7 @@ class CheckpointManifest:
                 {
                     "format": MANIFEST_FORMAT,
                     "version": MANIFEST_VERSION,
-                    "checkpoints": self.entries,
+                    "checkpoints": scrub_credentials(self.entries),
                 },
             )
         except OSError as exc:

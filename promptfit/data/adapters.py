@@ -73,8 +73,11 @@ def _validated_row(
         raise DataError(
             f"{label} is a {type(row).__name__}; expected a dict or {data_model.__name__}."
         )
+    check_text(row if isinstance(row, dict) else row.__dict__, label)
     try:
         return validate(row)
+    except DataError as exc:
+        raise DataError(f"{label} {exc}.") from None
     except pydantic.ValidationError as exc:
         fields = sorted(data_model.model_fields)
         raise DataError(
@@ -84,7 +87,55 @@ def _validated_row(
 
 
 def _as_instance(data_model: type[DataModel]) -> Callable[[Any], DataModel]:
-    return lambda row: row if isinstance(row, data_model) else data_model.model_validate(row)
+    def validate(row: Any) -> DataModel:
+        if isinstance(row, data_model):
+            return row
+        model = data_model.model_validate(row)  # missing or invalid fields are reported first
+        unknown = sorted(str(k) for k in set(row) - _field_names(data_model))
+        if unknown:
+            # A typo would otherwise be dropped in silence and the field left at its default.
+            raise DataError(
+                f"has unknown fields {unknown}; {data_model.__name__} has "
+                f"{sorted(data_model.model_fields)} (check the spelling)"
+            )
+        return model
+
+    return validate
+
+
+def _field_names(data_model: type[pydantic.BaseModel]) -> set[str]:
+    names = set(data_model.model_fields)
+    for name, info in data_model.model_fields.items():
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias)
+        del name
+    return names
+
+
+def check_text(value: Any, label: str) -> None:
+    """Refuse strings that cannot be written as UTF-8 (lone surrogates such as ``"\ud800"``).
+
+    They would fail later, in the data fingerprint, a prompt or a log file, with a bare
+    ``UnicodeEncodeError``.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise DataError(
+                    f"{label} holds text that is not valid Unicode ({error.reason} at "
+                    f"{item[max(0, error.start - 10) : error.end + 10]!r}); remove or replace "
+                    "the lone surrogate characters."
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def to_data_models(data: Any, data_model: type[DataModel], what: str = "x") -> list[DataModel]:
@@ -124,12 +175,21 @@ def to_targets(data: Any, data_model: type[DataModel], what: str = "y") -> list[
     fails. Rows come back as JSON-ready dicts holding only the fields given.
     """
     target = _target_model(data_model)
+
+    def validate(row: Any) -> dict[str, Any]:
+        given = target.model_validate(
+            row.model_dump(mode="json", exclude_unset=True) if isinstance(row, data_model) else row
+        ).model_dump(mode="json", exclude_unset=True)
+        if not given:
+            raise DataError(
+                f"gives no field; a target needs at least one of {sorted(data_model.model_fields)}"
+            )
+        return given
+
     return _validated(
         data,
         data_model,
         what,
-        lambda row: target.model_validate(
-            row.model_dump(mode="json", exclude_unset=True) if isinstance(row, data_model) else row
-        ).model_dump(mode="json", exclude_unset=True),
+        validate,
         lambda model: model.model_dump(mode="json", exclude_unset=True),
     )

@@ -102,7 +102,18 @@ class F1Score(Metric):
         return {"tp": dict(self.tp), "fp": dict(self.fp), "fn": dict(self.fn)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tp, self.fp, self.fn = Counter(state["tp"]), Counter(state["fp"]), Counter(state["fn"])
+        counters = []
+        for key in ("tp", "fp", "fn"):
+            counts = state.get(key) if isinstance(state, dict) else None
+            if not isinstance(counts, dict) or not all(
+                isinstance(k, str) and type(v) is int and v >= 0 for k, v in counts.items()
+            ):
+                raise ValueError(
+                    f"metric {self.name!r}: state {key!r} must map labels to non-negative "
+                    f"integers, got {counts!r:.60}"
+                )
+            counters.append(Counter(counts))
+        self.tp, self.fp, self.fn = counters
 
     def get_config(self) -> dict[str, Any]:
         return {

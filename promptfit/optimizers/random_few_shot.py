@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from promptfit.errors import ConfigurationError
 from promptfit.optimizers.optimizer import PopulationOptimizer
+from promptfit.training.arguments import check_int, check_number
 
 if TYPE_CHECKING:
     from promptfit.training.trainer import BatchOutcome
@@ -56,8 +56,9 @@ class RandomFewShot(PopulationOptimizer):
         seed: int | None = None,
     ) -> None:
         super().__init__(num_candidates=num_candidates, population_size=population_size, seed=seed)
-        if k < 1:
-            raise ConfigurationError(f"`k` must be >= 1, got {k}.")
+        check_int("k", k, minimum=1)
+        check_number("min_reward", min_reward, minimum=0.0)
+        check_int("max_pool", max_pool, minimum=1)
         self.k = k
         self.min_reward = min_reward
         self.max_pool = max_pool

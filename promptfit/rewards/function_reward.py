@@ -38,11 +38,13 @@ class FunctionReward(Reward):
         self.fn = fn
         self.fn_name = name or getattr(fn, "__name__", "function_reward")
 
-    async def call(self, y_true: dict[str, Any], y_pred: dict[str, Any]) -> float:
+    async def call(self, y_true: dict[str, Any], y_pred: dict[str, Any]) -> Any:
+        # Returned as is: converting here would turn "0.5" into a score and None into a bare
+        # TypeError; the caller checks the value and names the example (RewardError).
         result = self.fn(y_true, y_pred)
         if inspect.isawaitable(result):
             result = await result
-        return float(result)
+        return result
 
     def get_config(self) -> dict[str, Any]:
         from promptfit.saving.registry import registered_name

@@ -47,12 +47,23 @@ class Reward:
     async def call(self, y_true: dict[str, Any], y_pred: dict[str, Any]) -> float:
         raise NotImplementedError
 
-    async def __call__(self, y_true: Any, y_pred: Any) -> float:
+    async def raw_score(self, y_true: Any, y_pred: Any) -> Any:
+        """What :meth:`call` returns, unconverted (``fit`` checks it, naming the example)."""
         pred = as_dict(y_pred)
         if pred is None:
             return 0.0
         truth = as_dict(y_true)
-        return float(await self.call(truth or {}, pred))
+        return await self.call(truth or {}, pred)
+
+    async def __call__(self, y_true: Any, y_pred: Any) -> float:
+        """The score as a float in [0, 1].
+
+        Raises:
+            RewardError: the reward returned something else (a string, ``None``, 5, ``inf``).
+        """
+        from promptfit.rewards.checking import check_value
+
+        return check_value(await self.raw_score(y_true, y_pred), self, None)
 
     def get_config(self) -> dict[str, Any]:
         return {}

@@ -9,9 +9,15 @@ with the fix that fits (delete a corrupt backup, upgrade promptfit, ...).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from typing import Any
 
-__all__ = ["DocumentError", "parse_document"]
+__all__ = ["MAX_DOCUMENT_BYTES", "DocumentError", "parse_document", "read_regular_file"]
+
+# Larger than any file promptfit writes by orders of magnitude; a bigger "program" or "backup"
+# is hostile or broken, and reading it would only exhaust memory.
+MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 
 
 class DocumentError(ValueError):
@@ -28,15 +34,57 @@ def parse_document(raw: str | bytes, expected_format: str, max_version: int) -> 
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DocumentError(f"is not valid JSON ({error}); the file is corrupt") from error
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError, 5000-digit integers
+        raise DocumentError(
+            f"is not valid JSON ({str(error)[:200]}); the file is corrupt"
+        ) from error
+    except RecursionError:
+        raise DocumentError(
+            "nests JSON too deeply to be a promptfit file; the file is corrupt"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != expected_format:
         tag = data.get("format") if isinstance(data, dict) else None
-        raise DocumentError(f"is not a {expected_format} file (format tag: {tag!r})")
+        raise DocumentError(f"is not a {expected_format} file (format tag: {tag!r:.80})")
     version = data.get("version")
-    if not isinstance(version, int) or version > max_version:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DocumentError(
+            f"has an invalid format version {version!r:.40} (a positive integer is expected); "
+            "the file is corrupt"
+        )
+    if version > max_version:
         raise DocumentError(
             f"has format version {version!r}; this promptfit reads versions up to "
             f"{max_version}. Upgrade promptfit to read it"
         )
     return data
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The bytes of ``path``, which must be a regular file (never blocks on a FIFO or device).
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor
+    (no race with a swap between check and open): a FIFO named ``program.json`` would
+    otherwise block the reader forever, and ``/dev/zero`` would never end.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        OSError: ``path`` is not a regular file, is larger than ``max_bytes``, or unreadable.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(f"{path} is larger than {max_bytes} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise OSError(f"{path} is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -9,19 +9,20 @@ evaluates text from a file. API keys are never written.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import json
 import os
-from pathlib import Path, PurePath
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from promptfit import __version__
-from promptfit.errors import SerializationError, UnsafeFileError
+from promptfit.errors import SerializationError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.saving.atomic import atomic_write_json
-from promptfit.saving.documents import DocumentError, parse_document
+from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
 from promptfit.saving.registry import get_registered_object, registered_name
+from promptfit.saving.safe_mode import check_file_language_model, normalize_allowed_providers
+from promptfit.saving.secrets import register_language_models, scrub_credentials
 
 if TYPE_CHECKING:
     from promptfit.modules.module import Module
@@ -88,66 +89,11 @@ def functional_config(program: Program) -> dict[str, Any]:
     }
 
 
-# Generation parameters a file may set in safe mode: they change answers and cost, never where
-# a request (and its key) goes. Anything else litellm accepts (``base_url``, ``extra_headers``,
-# ``api_version``, cloud credentials...) can redirect traffic or carry secrets.
-_SAFE_LITELLM_KWARGS = frozenset(
-    {
-        "top_p",
-        "top_k",
-        "min_p",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "repetition_penalty",
-        "logit_bias",
-        "reasoning_effort",
-    }
-)
-
-
 # The client's own settings (everything get_config() writes besides extra litellm arguments).
 _LM_CONFIG_FIELDS = frozenset(inspect.signature(LanguageModel).parameters) - {
     "api_key",
     "litellm_kwargs",
 }
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_file_language_model(config: dict[str, Any]) -> None:
-    """Refuse, in safe mode, what a file could use to steer traffic or write elsewhere.
-
-    Loopback endpoints are allowed: a file cannot make a server appear on your machine, and
-    local servers (vLLM, llama.cpp, Ollama, the test server) are the common case.
-    """
-    name = config.get("name") or config.get("model")
-    problems: list[str] = []
-    api_base = config.get("api_base")
-    if api_base is not None and not (isinstance(api_base, str) and _is_loopback(api_base)):
-        problems.append(f"it sends requests to api_base={api_base!r}")
-    unsafe = sorted(set(config) - _LM_CONFIG_FIELDS - _SAFE_LITELLM_KWARGS)
-    if unsafe:
-        problems.append(f"it sets the litellm arguments {unsafe}")
-    cache = config.get("cache")
-    if isinstance(cache, str) and (PurePath(cache).is_absolute() or ".." in PurePath(cache).parts):
-        problems.append(f"it writes its response cache to {cache!r}")
-    if problems:
-        raise UnsafeFileError(
-            f"The file's language model {name!r} is refused in safe mode: {'; and '.join(problems)}"
-            ". A file from someone else could use this to send your API key (or one litellm "
-            "finds in your environment) to their server. If you trust the file, load it with "
-            f"safe_mode=False; otherwise pass your own client: language_models={{{name!r}: lm}}."
-        )
 
 
 def _build_module(
@@ -156,22 +102,43 @@ def _build_module(
     lms: dict[str, LanguageModel],
     api_key: str | None,
     safe_mode: bool,
+    allowed_providers: frozenset[str] = frozenset(),
 ) -> Module:
     from promptfit.modules.generator import Generator
     from promptfit.modules.module import Module
 
     cls = get_registered_object(class_name, Module)
+    if not isinstance(config, dict):
+        raise SerializationError(f"module {class_name!r} has a config that is not an object")
     if issubclass(cls, Generator):
         lm_config = config["language_model"]
+        if not isinstance(lm_config, dict):
+            raise SerializationError(
+                f"module {class_name!r} has a language_model that is not an object"
+            )
         key = json.dumps(lm_config, sort_keys=True)
         lm = lms.get(lm_config.get("name", "")) or lms.get(key)
         if lm is None:
             if safe_mode:
-                _check_file_language_model(lm_config)
+                check_file_language_model(lm_config, allowed_providers)
             lm = LanguageModel.from_config(lm_config, api_key=api_key)
             lms[key] = lm
         return cls.from_config(config, language_model=lm)
     return cls.from_config(config)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise SerializationError(f"{what} must be {_KIND_NAMES.get(kind, kind)}, got {value!r:.80}")
+    return value
+
+
+_KIND_NAMES: dict[Any, str] = {
+    dict: "an object",
+    list: "a list",
+    int: "an integer",
+    str: "a string",
+}
 
 
 def program_from_functional_config(
@@ -180,6 +147,7 @@ def program_from_functional_config(
     language_models: dict[str, LanguageModel] | None = None,
     api_key: str | None = None,
     safe_mode: bool = True,
+    allowed_providers: Iterable[str] | None = None,
 ) -> Program:
     """Rebuild a functional (or Sequential) program from :func:`functional_config`'s output.
 
@@ -191,28 +159,43 @@ def program_from_functional_config(
     from promptfit.modules.input import Input
     from promptfit.programs.program import Program
 
+    allowed = normalize_allowed_providers(allowed_providers)
     lms = dict(language_models or {})
-    try:
-        modules = {
-            name: _build_module(spec["class_name"], spec["config"], lms, api_key, safe_mode)
-            for name, spec in config["modules"].items()
-        }
-        symbols: list[Any] = []
-        for node in config["nodes"]:
-            if "input" in node:
-                data_model = resolve_data_model(**node["data_model"])
-                symbols.append(Input(data_model=data_model, name=node["input"]))
-            else:
-                args = [symbols[i] for i in node["inputs"]]
-                symbols.append(modules[node["module"]]._symbolic_call(*args))
-        inputs = [symbols[i] for i in config["inputs"]]
-        outputs = [symbols[i] for i in config["outputs"]]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise SerializationError(f"The program file is malformed: {exc!r}.") from exc
+    _expect(config, dict, "the program config")
+    specs = _expect(config.get("modules"), dict, "'modules'")
+    modules = {}
+    for name, spec in specs.items():
+        _expect(spec, dict, f"module {name!r}")
+        modules[name] = _build_module(
+            _expect(spec.get("class_name"), str, f"module {name!r}'s class_name"),
+            spec.get("config"),
+            lms,
+            api_key,
+            safe_mode,
+            allowed,
+        )
+    symbols: list[Any] = []
+    for node in _expect(config.get("nodes"), list, "'nodes'"):
+        _expect(node, dict, "a node")
+        if "input" in node:
+            spec = _expect(node.get("data_model"), dict, "an input's data_model")
+            data_model = resolve_data_model(**spec)
+            symbols.append(Input(data_model=data_model, name=node["input"]))
+        else:
+            args = [symbols[_index(i, symbols)] for i in _expect(node["inputs"], list, "inputs")]
+            if node.get("module") not in modules:
+                raise SerializationError(f"a node calls the unknown module {node.get('module')!r}")
+            symbols.append(modules[node["module"]]._symbolic_call(*args))
+    inputs = [symbols[_index(i, symbols)] for i in _expect(config.get("inputs"), list, "'inputs'")]
+    outputs = [
+        symbols[_index(i, symbols)] for i in _expect(config.get("outputs"), list, "'outputs'")
+    ]
+    if not inputs or not outputs:
+        raise SerializationError("the program has no inputs or no outputs")
     graph = {
         "inputs": inputs[0] if len(inputs) == 1 else inputs,
         "outputs": outputs[0] if config.get("single_output", True) else outputs,
-        "name": config["name"],
+        "name": config.get("name"),
         "description": config.get("description"),
         "trainable": config.get("trainable", True),
     }
@@ -223,32 +206,43 @@ def program_from_functional_config(
     return program
 
 
+def _index(value: Any, symbols: list[Any]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(symbols):
+        raise SerializationError(f"a node refers to symbol {value!r:.40}, which does not exist")
+    return value
+
+
 def read_json_file(path: str | os.PathLike[str], expected_format: str) -> dict[str, Any]:
     """Read a promptfit JSON file and check its format tag and version."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = read_regular_file(path)
     except FileNotFoundError:
         raise SerializationError(f"No such file: {path}.") from None
+    except OSError as error:
+        raise SerializationError(f"Cannot read {path}: {error}.") from error
     try:
-        return parse_document(text, expected_format, FORMAT_VERSION)
+        return parse_document(raw, expected_format, FORMAT_VERSION)
     except DocumentError as error:
         raise SerializationError(f"{path} {error}.") from error
 
 
 def save_program(program: Program, path: str | os.PathLike[str]) -> Path:
-    """Write the program's structure and variables to ``path`` (JSON, atomic)."""
-    return atomic_write_json(
-        path,
-        {
-            "format": PROGRAM_FORMAT,
-            "version": FORMAT_VERSION,
-            "promptfit_version": __version__,
-            "class_name": _class_name(program),
-            "config": program.get_config(),
-            "compile_config": program.get_compile_config() if program.compiled else None,
-            "variables": program.get_variables(),
-        },
-    )
+    """Write the program's structure and variables to ``path`` (JSON, atomic).
+
+    The structure goes through :func:`~promptfit.saving.secrets.scrub_credentials`: no
+    credential-bearing litellm argument (headers, cloud credentials, tokens in URLs) is written.
+    """
+    register_language_models(program.all_language_models())
+    document = {
+        "format": PROGRAM_FORMAT,
+        "version": FORMAT_VERSION,
+        "promptfit_version": __version__,
+        "class_name": _class_name(program),
+        "config": program.get_config(),
+        "compile_config": program.get_compile_config() if program.compiled else None,
+        "variables": program.get_variables(),
+    }
+    return atomic_write_json(path, scrub_credentials(document, keep=("variables",)))
 
 
 def load_program(
@@ -256,6 +250,7 @@ def load_program(
     language_models: dict[str, LanguageModel] | None = None,
     api_key: str | None = None,
     safe_mode: bool = True,
+    allowed_providers: Iterable[str] | None = None,
 ) -> Program:
     """Load a program saved with :meth:`Program.save`.
 
@@ -266,15 +261,21 @@ def load_program(
         api_key: Key for the rebuilt clients (files never hold keys; litellm also reads the
             provider's usual environment variables).
         safe_mode: As in ``keras.saving.load_model``: refuse what could make a file from
-            someone else harmful. Here that is a language model the file would rebuild with a
-            non-loopback ``api_base``, litellm arguments beyond generation parameters, or a
-            response cache outside the working directory; each could send your key to a server
-            the file chooses. Pass ``safe_mode=False`` for files you trust, or give those
-            models in ``language_models`` (which are never checked).
+            someone else harmful. Here that is a language model that would send requests
+            anywhere but a loopback address (judged with litellm's own routing: ``api_base``,
+            URLs inside the model string, provider defaults) unless its provider is in
+            ``allowed_providers``, litellm arguments beyond generation parameters, or a
+            response cache outside the working directory; each could send your prompts and
+            key to a server the file chooses. Pass ``safe_mode=False`` for files you trust, or
+            give those models in ``language_models`` (which are never checked).
+        allowed_providers: litellm provider names (``["openai", "anthropic"]``) whose hosted
+            endpoints a file may use in safe mode. Only the provider's own endpoint is
+            allowed: a file that also sets a non-loopback ``api_base`` is still refused.
 
     Raises:
         UnsafeFileError: ``safe_mode`` refused the file (the message names what and the fix).
-        SerializationError: the file is not a readable promptfit program.
+        SerializationError: the file is not a readable promptfit program (any defect in it,
+            never a raw ``KeyError``/``TypeError``...).
 
     Example:
         ```python
@@ -282,16 +283,33 @@ def load_program(
 
         lm = pf.LanguageModel(model="openai/my-model", api_base="http://127.0.0.1:8000/v1")
         # program = pf.load_program("calc.json", language_models={lm.name: lm})
+        # program = pf.load_program("gpt.json", allowed_providers=["openai"])
         ```
     """
     from promptfit.programs.program import Program
 
+    allowed = normalize_allowed_providers(allowed_providers)
     data = read_json_file(path, PROGRAM_FORMAT)
-    cls = get_registered_object(data.get("class_name", ""), Program)
-    program = cls.from_config(
-        data["config"], language_models=language_models, api_key=api_key, safe_mode=safe_mode
-    )
-    program.set_variables(data.get("variables", {}))
+    try:
+        cls = get_registered_object(_expect(data.get("class_name"), str, "class_name"), Program)
+        kwargs: dict[str, Any] = {
+            "language_models": language_models,
+            "api_key": api_key,
+            "safe_mode": safe_mode,
+        }
+        if allowed:  # subclassed programs' own from_config may predate this argument
+            kwargs["allowed_providers"] = allowed
+        program = cls.from_config(_expect(data.get("config"), dict, "'config'"), **kwargs)
+        program.set_variables(_expect(data.get("variables", {}), dict, "'variables'"))
+    except SerializationError as error:
+        if str(path) in str(error):
+            raise
+        raise type(error)(f"{path}: {error}") from error
+    except (Exception, RecursionError) as error:
+        raise SerializationError(
+            f"{path} is not a valid promptfit program ({type(error).__name__}: "
+            f"{str(error)[:300]}). Save it again with program.save(), or fix the file."
+        ) from error
     return program
 
 
@@ -324,4 +342,7 @@ def load_variables(program: Program, path: str | os.PathLike[str], strict: bool 
         data = read_json_file(path, VARIABLES_FORMAT)
     except SerializationError:
         data = read_json_file(path, PROGRAM_FORMAT)
-    program.set_variables(data["variables"], strict=strict)
+    variables = data.get("variables")
+    if not isinstance(variables, dict):
+        raise SerializationError(f"{path} has no 'variables' object; the file is corrupt.")
+    program.set_variables(variables, strict=strict)

@@ -24,7 +24,14 @@ from promptfit.language_models.cache import call_origin
 from promptfit.language_models.scope import run_scope, usage_totals
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
+from promptfit.rewards.checking import RewardErrors, check_reward_errors, score_batch
 from promptfit.rewards.reward import Reward, get_reward
+from promptfit.training.arguments import (
+    check_callbacks,
+    check_fit_arguments,
+    check_optional_batch_size,
+    check_verbose,
+)
 from promptfit.training.state import FitState, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
 
@@ -72,11 +79,7 @@ def _batches(n: int, batch_size: int) -> list[range]:
 
 
 def _check_batch_size(batch_size: int | None) -> int:
-    if batch_size is None:
-        return 32
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    return batch_size
+    return check_optional_batch_size("batch_size", batch_size, 32)
 
 
 class Trainer:
@@ -97,6 +100,7 @@ class Trainer:
         reward: Any = None,
         optimizer: Optimizer | None = None,
         metrics: Sequence[Metric] | None = None,
+        reward_errors: RewardErrors = "raise",
     ) -> None:
         """Set the reward, the optimizer and the metrics used by ``fit`` and ``evaluate``.
 
@@ -105,12 +109,17 @@ class Trainer:
                 returning a float in [0, 1].
             optimizer: A :class:`~promptfit.optimizers.Optimizer` (needed by ``fit`` only).
             metrics: Extra :class:`~promptfit.metrics.Metric` objects, logged by name.
+            reward_errors: What a reward that *raises* does: ``"raise"`` stops the run with
+                :class:`~promptfit.errors.RewardError` naming the reward and the example;
+                ``"record"`` scores the example 0 and logs one warning per reward. A value
+                outside [0, 1] or not a number is always a ``RewardError``.
         """
         from promptfit.optimizers.optimizer import Optimizer
 
         if reward is None:
             raise ConfigurationError("compile() needs a `reward`, e.g. pf.rewards.ExactMatch().")
         self.reward = get_reward(reward)
+        self.reward_errors = check_reward_errors(reward_errors)
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise ConfigurationError(
                 f"`optimizer` must be a pf.optimizers.Optimizer, got {type(optimizer).__name__}."
@@ -231,18 +240,12 @@ class Trainer:
         """Predict and score one batch (used by fit, evaluate and optimizers)."""
         reward = self._require_compiled("run_batch")
         outcome = await self.predict_on_batch(x, trace=trace)
-        rewards: list[float] = [0.0] * len(x)
-
-        async def score(i: int) -> None:
-            pred = outcome.predictions[i]
-            value = 0.0 if pred is None else await reward(y[i], pred)
-            if math.isnan(value):
-                value = 0.0
-            rewards[i] = value
-
-        await _run_concurrently(score, len(x))
+        # Checked values (numbers in [0, 1]); a failing reward is a RewardError, not a bare
+        # ExceptionGroup (see promptfit.rewards.checking).
+        outcome.rewards = await score_batch(
+            reward, x, y, outcome.predictions, getattr(self, "reward_errors", "raise")
+        )
         outcome.y = list(y)
-        outcome.rewards = rewards
         return outcome
 
     def _callbacks(
@@ -264,6 +267,8 @@ class Trainer:
     ) -> list[Any]:
         """Run the program on ``x``; returns one output per example, ``None`` where it failed."""
         batch_size = _check_batch_size(batch_size)
+        check_verbose(verbose)
+        check_callbacks(callbacks)
         rows = self._read_x(x)
         batches = _batches(len(rows), batch_size)
         cbs = self._callbacks(
@@ -307,8 +312,12 @@ class Trainer:
         reward = self._require_compiled("evaluate")
         del reward
         batch_size = _check_batch_size(batch_size)
+        check_verbose(verbose)
+        check_callbacks(callbacks)
         xs = self._read_x(x)
         ys = self._read_y(y, len(xs))
+        if not xs:
+            raise DataError("`x` is empty; evaluate() needs at least one example.")
         batches = _batches(len(xs), batch_size)
         cbs = self._callbacks(
             _with_progbar(callbacks, verbose, "evaluate"),
@@ -399,18 +408,20 @@ class Trainer:
                 "fit() needs an optimizer: program.compile(reward=..., "
                 "optimizer=pf.optimizers.RandomFewShot())."
             )
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ConfigurationError(f"`epochs` must be a positive integer, got {epochs!r}.")
-        if not 0.0 <= validation_split < 1.0:
-            raise ConfigurationError(
-                f"`validation_split` must be in [0, 1), got {validation_split!r}."
-            )
-        if not 0 <= initial_epoch < epochs:
-            raise ConfigurationError(
-                f"`initial_epoch` ({initial_epoch}) must be in [0, epochs={epochs})."
-            )
+        check_fit_arguments(
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            validation_split=validation_split,
+            seed=seed,
+            verbose=verbose,
+            callbacks=callbacks,
+            shuffle=shuffle,
+            validation_data=validation_data,
+        )
         batch_size = _check_batch_size(batch_size)
-        val_batch_size = _check_batch_size(validation_batch_size or batch_size)
+        val_batch_size = check_optional_batch_size(
+            "validation_batch_size", validation_batch_size, batch_size
+        )
         xs = self._read_x(x)
         ys = self._read_y(y, len(xs))
         if not xs:
@@ -422,6 +433,8 @@ class Trainer:
                 raise DataError("`validation_data` must be a tuple (x_val, y_val).")
             val_xs = self._read_x(validation_data[0])
             val_ys = self._read_y(validation_data[1], len(val_xs))
+            if not val_xs:
+                raise DataError("`validation_data` is empty; pass examples or leave it out.")
         elif validation_split > 0:
             n_val = int(len(xs) * validation_split)
             if n_val == 0 or n_val == len(xs):
