@@ -188,7 +188,13 @@ class Monitor(Callback):
 
     # -- hooks (event loop: record and wake the worker, never call MLflow) -----------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        from promptfit.observability.enable import resolve_tracking_uri
+        from promptfit.observability.store_check import check_store
+
         try:
+            if not check_store(resolve_tracking_uri(self.tracking_uri)):
+                self._session = None  # an unusable SQLite file: warned once, fit at full speed
+                return
             self._session = _Session(self)
         except Exception as exc:
             self._session = None
