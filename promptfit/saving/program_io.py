@@ -256,6 +256,7 @@ def load_program(
     language_models: dict[str, LanguageModel] | None = None,
     api_key: str | None = None,
     safe_mode: bool = True,
+    prompts: dict[str, str] | None = None,
 ) -> Program:
     """Load a program saved with :meth:`Program.save`.
 
@@ -271,6 +272,9 @@ def load_program(
             response cache outside the working directory; each could send your key to a server
             the file chooses. Pass ``safe_mode=False`` for files you trust, or give those
             models in ``language_models`` (which are never checked).
+        prompts: ``{module_name: "prompts:/<name>@<alias>"}``: take these generators' prompts
+            from the MLflow Prompt Registry instead of the file (validated like the file's
+            own values; see :func:`promptfit.observability.load_prompts`).
 
     Raises:
         UnsafeFileError: ``safe_mode`` refused the file (the message names what and the fix).
@@ -292,6 +296,10 @@ def load_program(
         data["config"], language_models=language_models, api_key=api_key, safe_mode=safe_mode
     )
     program.set_variables(data.get("variables", {}))
+    if prompts is not None:  # the registry's prompts win over the file's
+        from promptfit.observability.registry import load_prompts
+
+        load_prompts(program, prompts)
     return program
 
 
