@@ -10,6 +10,7 @@ hostile registry content is refused with a typed error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterator
@@ -137,7 +138,7 @@ def test_trained_prompts_datasets_and_logged_model(
 
     # 3. data sets as run inputs: training and validation, pandas, digest, source
     inputs = {
-        [t.value for t in d.tags if t.key == "mlflow.data.context"][0]: d.dataset
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
         for d in run.inputs.dataset_inputs
     }
     assert set(inputs) == {"training", "validation"}
@@ -186,10 +187,8 @@ def test_resumed_fit_reuses_its_prompt_versions(
     async def attempt(crash_at: int) -> Monitor:
         monitor = Monitor(tracking_uri=store, experiment_name="resume", prompt_name="shop.{module}")
         crash = CrashBeforeEpoch(crash_at)
-        try:
+        with contextlib.suppress(RuntimeError):
             await _fit(calc_program, monitor, tmp_path, [crash, backup], tag="resume-native")
-        except RuntimeError:
-            pass
         return monitor
 
     first = asyncio.run(attempt(crash_at=2))
@@ -243,9 +242,8 @@ def test_registry_content_is_untrusted_input(
         "instructions": "Add.",
         "examples": [{"inputs": {"question": "1+1"}, "outputs": {"answer": "2"}}],
     }
-    client.register_prompt(
-        "ok", prompt_template(good), model_config={"model_name": "evil", "extra_params": {"api_base": "http://8.8.8.8"}}
-    )  # fmt: skip
+    evil = {"model_name": "evil", "extra_params": {"api_base": "http://8.8.8.8"}}
+    client.register_prompt("ok", prompt_template(good), model_config=evil)
     client.register_prompt("text", "Just answer.")
     assert load_prompts(program, {"answer": "prompts:/ok/1"}, tracking_uri=store)
     assert program.get_module("answer").prompt.value == good  # model_config is never read
@@ -258,7 +256,9 @@ def test_registry_content_is_untrusted_input(
 
     deep = "[" * 5000 + "]" * 5000
     hostile = {
-        "roles": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "{{inputs}}"}],
+        "roles": [
+            {"role": "system", "content": "x"}, {"role": "assistant", "content": "{{inputs}}"},
+        ],
         "not_json": [
             {"role": "system", "content": "x"}, {"role": "user", "content": "not json"},
             {"role": "assistant", "content": "{}"}, {"role": "user", "content": "{{inputs}}"},
