@@ -228,12 +228,17 @@ class Monitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         """``{"run_id": ...}``: what a resumed fit needs to continue the same run.
 
-        If the run is being created right now (first upload in flight), waits briefly for it
-        so a backup taken at the first epoch end already knows the run id.
+        If the run is being created right now (first upload in flight), waits for it so a
+        backup taken at the first epoch end already knows the run id: briefly for a server
+        (which may hang), until written for a local store (which cannot hang, but whose
+        database can take many seconds to create on a busy machine; a backup without the run
+        id would make the resumed fit start a second run).
         """
         session = self._session
         if session is not None and session.active:
-            session.wait_first_attempt(min(self.flush_timeout, 5.0))
+            remote = session.uri.startswith(("http://", "https://"))
+            wait = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
+            session.wait_first_attempt(wait)
         return {"run_id": self.run_id}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -310,7 +315,7 @@ class Monitor(Callback):
         if session is None or not session.active:
             return
         try:
-            session.add_metrics(logs, epoch)
+            session.last_rows = session.add_metrics(logs, epoch)
             session.last_epoch = epoch
             session.last_logs = dict(logs or {})
             session.kick()
@@ -403,6 +408,7 @@ class _Session:
         self.last_epoch = 0
         self.current_epoch: int | None = None
         self.last_logs: dict[str, Any] = {}
+        self.last_rows: list[tuple[str, float, int, int]] = []
         self.prompt_jobs: list[PromptJob] = []
         self.linked_prompts: list[Any] = []
         self.dataset_jobs: list[tuple[str, str, list[dict[str, Any]], list[str]]] = []
@@ -556,7 +562,9 @@ class _Session:
 
         MLflowSpanBackend.unbind_run_link(self.link, self._link_token)
 
-    def add_metrics(self, logs: dict[str, Any] | None, step: int, prefix: str = "") -> None:
+    def add_metrics(
+        self, logs: dict[str, Any] | None, step: int, prefix: str = ""
+    ) -> list[tuple[str, float, int, int]]:
         now = int(time.time() * 1000)
         rows = [
             (_key(f"{prefix}{key}"), number, now, int(step))
@@ -568,6 +576,7 @@ class _Session:
             overflow = len(self.metrics) - _MAX_BUFFERED_METRICS
             if overflow > 0:  # a very long outage: keep the newest
                 del self.metrics[:overflow]
+        return rows
 
     def kick(self) -> int:
         with self.lock:
@@ -649,6 +658,10 @@ class _Session:
         deadline = time.monotonic() + flush_timeout
         while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
             await anyio.sleep(0.02)
+        if self.completed >= target:
+            # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
+            # let it, so fit returns with the environment restored.
+            await anyio.to_thread.run_sync(self.thread.join, 2.0)
         if remote and self.completed < target and not self.succeeded and not self.disabled:
             from promptfit.observability.mlflow_backend import report_unreachable
 
@@ -994,9 +1007,7 @@ class _Session:
                 shutil.copy2(config, files[-1])
             for file in files:
                 self._stage(file)  # scrubs in place (the folder is ours)
-            metrics = {
-                _key(k): n for k, v in self.last_logs.items() if (n := _number(v)) is not None
-            }
+            metrics = list(self.last_rows)  # the run's own points: linked, not duplicated
             if self.model_id is None:
                 self.model_id = create_program_model(
                     client, experiment_id=str(self.experiment_id), run_id=str(self.run_id),
@@ -1005,7 +1016,7 @@ class _Session:
                 )  # fmt: skip
             log_program_model(
                 client, model_id=self.model_id, run_id=str(self.run_id), files=files,
-                metrics=metrics, step=self.last_epoch,
+                metrics=metrics,
             )  # fmt: skip
         except (FileNotFoundError, PermissionError) as exc:
             logger.debug("Monitor skipped the logged model: %s", exc)

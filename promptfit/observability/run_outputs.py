@@ -9,7 +9,6 @@ tracking URI. Each function is idempotent for a resumed run: MLflow keeps one in
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,15 +101,16 @@ def log_program_model(
     model_id: str,
     run_id: str,
     files: Sequence[Path],
-    metrics: Mapping[str, float],
-    step: int,
+    metrics: Sequence[tuple[str, float, int, int]],
 ) -> None:
     """Fill and finalize the logged model made by :func:`create_program_model`.
 
     The model's artifacts are ``files`` (the program JSON and the fit configuration, in one
-    directory), it becomes an output of the run at ``step``, and the final epoch's metrics are
-    logged with the model id so the "Logged models" comparison shows them. Safe to repeat
-    after a failure part-way (artifacts are overwritten, outputs and metrics are idempotent).
+    directory), it becomes an output of the run at the metrics' step, and ``metrics`` (the
+    final epoch's ``(key, value, timestamp, step)`` points, as already logged to the run) are
+    logged again with the model id, as ``mlflow.<flavor>.log_model`` does: same key, value,
+    timestamp and step, so the run's history gains no point and the "Logged models"
+    comparison shows them. Safe to repeat after a failure part-way.
     """
     from mlflow.entities import LoggedModelOutput, Metric
 
@@ -119,9 +119,9 @@ def log_program_model(
         raise ValueError("log_program_model: files must share one directory")
     for folder in folders:
         client.log_model_artifacts(model_id, str(folder))
+    step = max((row[3] for row in metrics), default=0)
     client.log_outputs(run_id, models=[LoggedModelOutput(model_id, step)])
-    now = int(time.time() * 1000)
-    rows = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+    rows = [Metric(k, v, ts, s, model_id=model_id, run_id=run_id) for k, v, ts, s in metrics]
     if rows:
         client.log_batch(run_id, metrics=rows)
     client.finalize_logged_model(model_id, "READY")
