@@ -129,7 +129,10 @@ class Monitor(Callback):
     are scrubbed), every epoch's logs as metrics with ``step=epoch``, optionally every batch's
     logs as ``batch/<name>`` with ``step=global step``, and at the end the program JSON, the
     best checkpoint (when a ``ProgramCheckpoint`` runs), LM usage totals as ``usage/<name>``
-    metrics, and the run status (``FINISHED``, ``FAILED``, ``KILLED``).
+    metrics, and the run status (``FINISHED``, ``FAILED``, ``KILLED``). For MLflow 3's GenAI
+    pages it also registers the trained prompts in the Prompt Registry, logs the training and
+    validation data as run inputs and the trained program as a logged model (see the
+    arguments below and :func:`promptfit.observability.load_prompts` to read prompts back).
 
     Tracking never hurts training: MLflow is only called from a worker thread, failures are
     detected in seconds and reported with ONE warning, unsent data is buffered and retried at
