@@ -26,8 +26,9 @@ rendered, and the value must fit the generator's schema, or ``SerializationError
 URI. Pass ``register_prompts=False``, ``log_datasets=False`` or ``log_model=False`` to the
 Monitor to turn any of this off.
 
-This guide trains two runs, reads the registry, loads the ``best`` prompt in a *separate
-process*, and prints how to compare the two runs in the MLflow UI. Run it::
+This guide trains two runs, reads the registry, loads the ``best`` prompt by alias in a
+*separate process* (an application that only knows MLflow) and into a promptfit program
+loaded from its file, and prints how to compare the two runs in the MLflow UI. Run it::
 
     python guides/14_mlflow_prompt_registry.py --lm fake --out runs/guide14
 """
@@ -46,16 +47,18 @@ from _common import arithmetic, calculator, cli, describe_backend, output_dir, s
 
 import promptfit as pf
 
-LOADER = textwrap.dedent(
+# An application that knows MLflow, not promptfit: it runs in a fresh process, with nothing
+# of the training run in memory, and asks the registry for the prompt by alias.
+APPLICATION = textwrap.dedent(
     """
-    import sys
-    import promptfit as pf
+    import json, sys
+    import mlflow
 
-    # A fresh process: nothing of the training run is in memory, only the file and the store.
-    program = pf.load_program(sys.argv[1], prompts={"solver": sys.argv[2]})
-    prompt = program.get_module("solver").prompt.value
-    print("  instructions:", repr(prompt["instructions"]))
-    print("  examples    :", [ex["inputs"]["question"] for ex in prompt["examples"]])
+    prompt = mlflow.genai.load_prompt(sys.argv[1])
+    messages = prompt.format(inputs=json.dumps({"question": "What is 2 + 3?"}))
+    print(f"  {prompt.uri} is version {prompt.version}; messages to send:")
+    for message in messages:
+        print(f"    {message['role']:>9}: {message['content']}")
     """
 )
 
@@ -110,16 +113,11 @@ async def main() -> None:
     print("  the template an application formats:")
     print(textwrap.indent(json.dumps(best.template, indent=1)[:600], "    "))
 
-    section("3. Load the best prompt by alias in a separate process")
+    section("3. Load the best prompt by alias: an application in another process")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    uri = "prompts:/calculator.solver@best"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LOADER,
-            str(out / "calculator.json"),
-            "prompts:/calculator.solver@best",
-        ],
+        [sys.executable, "-c", APPLICATION, uri],
         env=env,
         capture_output=True,
         text=True,
@@ -128,6 +126,17 @@ async def main() -> None:
     print(done.stdout.rstrip() or done.stderr[-2000:])
     if done.returncode != 0:
         raise SystemExit(done.returncode)
+
+    section("3b. ...and a promptfit deployment: the shipped file, the registry's prompt")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # where load_program finds the registry
+    clients = {lm.name: lm for lm in program.all_language_models()}  # keys never live in files
+    deployed = pf.load_program(
+        out / "calculator.json", language_models=clients, prompts={"solver": uri}
+    )
+    prompt = deployed.get_module("solver").prompt.value
+    print("  instructions:", repr(prompt["instructions"]))
+    print("  examples    :", [ex["inputs"]["question"] for ex in prompt["examples"]])
+    print("  answer      :", await deployed({"question": "What is 2 + 3?"}))
 
     section("4. Data sets and logged models of each run")
     for k, run_id in run_ids.items():
