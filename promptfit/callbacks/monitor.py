@@ -927,10 +927,15 @@ class _Session:
                 del self.metrics[: len(rows)]  # only appended at the end meanwhile
 
     def _drop_on_permanent(self, what: str, exc: Exception) -> None:
-        """A registry/inputs/model call MLflow refused for good: warn once, keep tracking."""
+        """A registry/inputs/model call MLflow refused for good: warn once, keep tracking.
+
+        An API this MLflow version lacks (ImportError, AttributeError, TypeError...) is just as
+        permanent; only what looks like a connectivity problem is re-raised, to be retried.
+        """
         from promptfit.observability.mlflow_backend import scrub_secrets
 
-        if not _is_permanent(exc):
+        unsupported = isinstance(exc, ImportError | AttributeError | TypeError | ValueError)
+        if not _is_permanent(exc) and not unsupported:
             raise exc
         detail = scrub_secrets(str(exc), self.secrets)[:300]
         logger.debug("MLflow rejected %s: %s", what, detail)
