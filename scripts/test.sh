@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 export PROMPTFIT_REQUIRE_LOCAL_MODEL=1
 python scripts/install.py --extras dev,docs,local
+# Headless Chromium for the MLflow UI test (Debian's package; skipped only where it is absent).
+bash scripts/_install_chromium.sh
 python -m pytest -q "$@"

@@ -153,12 +153,6 @@ def test_tokens_in_urls_are_scrubbed() -> None:
     assert cleaned["api_base"].endswith("&x=1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLflow params are scrubbed by observability.mlflow_backend.scrub_secrets (MLflow "
-    "engineer's code), which misses azure_ad_token and aws_access_key_id; it should call "
-    "promptfit.saving.secrets.is_credential_name / scrub_credentials. Remove this xfail then.",
-)
 def test_mlflow_scrubber_drops_the_same_credentials() -> None:
     from promptfit.observability.mlflow_backend import scrub_secrets
 

@@ -28,6 +28,13 @@ from typing import Any
 import anyio
 
 from promptfit.callbacks.callback import Callback
+from promptfit.errors import ConfigurationError
+from promptfit.observability.registry import (
+    DEFAULT_BEST_ALIAS,
+    DEFAULT_PROMPT_ALIAS,
+    PromptJob,
+    check_alias,
+)
 
 __all__ = ["Monitor"]
 
@@ -82,6 +89,37 @@ def _is_permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in _PERMANENT_CODES
 
 
+def _check_prompt_name(template: str) -> str:
+    """``prompt_name`` must format with ``program`` and ``module`` (checked at construction)."""
+    try:
+        if not isinstance(template, str):
+            raise TypeError(type(template).__name__)
+        template.format(program="p", module="m")
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"Monitor: `prompt_name` must be a format string using only {{program}} and "
+            f"{{module}}, e.g. 'shop.{{module}}'; got {template!r} ({exc})."
+        ) from None
+    return template
+
+
+def _new_best(program: Any, path: str) -> tuple[float | None, str | None] | None:
+    """``(score, monitor)`` if ``path`` is the best checkpoint of a ProgramCheckpoint of the fit
+    (it just improved), else ``None``."""
+    state = program.fit_state
+    callbacks = list(state.callbacks) if state is not None and state.callbacks else []
+    saved = Path(path).resolve()
+    for callback in callbacks:
+        if type(callback).__name__ != "ProgramCheckpoint":
+            continue
+        best_path = getattr(callback, "best_path", None)
+        directory = getattr(callback, "directory", None)
+        if best_path and directory is not None and (Path(directory) / best_path).resolve() == saved:
+            best = getattr(callback, "best", None)
+            return (None if best is None else float(best), getattr(callback, "monitor", None))
+    return None
+
+
 class Monitor(Callback):
     """Log a ``fit`` to MLflow: params, per-epoch metrics, the trained program, usage totals.
 
@@ -91,7 +129,10 @@ class Monitor(Callback):
     are scrubbed), every epoch's logs as metrics with ``step=epoch``, optionally every batch's
     logs as ``batch/<name>`` with ``step=global step``, and at the end the program JSON, the
     best checkpoint (when a ``ProgramCheckpoint`` runs), LM usage totals as ``usage/<name>``
-    metrics, and the run status (``FINISHED``, ``FAILED``, ``KILLED``).
+    metrics, and the run status (``FINISHED``, ``FAILED``, ``KILLED``). For MLflow 3's GenAI
+    pages it also registers the trained prompts in the Prompt Registry, logs the training and
+    validation data as run inputs and the trained program as a logged model (see the
+    arguments below and :func:`promptfit.observability.load_prompts` to read prompts back).
 
     Tracking never hurts training: MLflow is only called from a worker thread, failures are
     detected in seconds and reported with ONE warning, unsent data is buffered and retried at
@@ -111,6 +152,22 @@ class Monitor(Callback):
         log_batch_metrics: Also log each batch's running logs (``batch/reward``...).
         tags: Extra run tags.
         run_id: Continue this existing run instead of starting a new one.
+        register_prompts: Register every trainable generator's prompt (instructions and
+            few-shot examples) in MLflow's Prompt Registry: at the end of a successful fit
+            (alias ``prompt_alias``) and on each new best a ``ProgramCheckpoint`` saves (alias
+            ``best_alias``). Each version is tagged with the run id, the epoch, the monitored
+            score and a content digest, so a resumed run reuses its versions instead of
+            duplicating them. ``False`` turns it off.
+        prompt_name: Registry name per generator: a format string with ``{program}`` and
+            ``{module}`` (default ``"{program}.{module}"``; characters MLflow refuses become
+            ``_``).
+        prompt_alias: Alias moved to the version registered at the end of each fit.
+        best_alias: Alias moved to the version of each new best checkpoint.
+        log_datasets: Log the training and validation data as the run's inputs (pandas data
+            sets with MLflow's digest, contexts ``training`` / ``validation``).
+        log_model: At the end of a successful fit, log the trained program as an MLflow
+            logged model of the run (the program JSON and the fit configuration as its
+            artifacts, the final epoch's metrics linked to it).
         flush_timeout: Most seconds ``on_train_end`` waits for the last upload to a tracking
             server (data still unsent after that is dropped, with the warning already shown;
             a server that is down or never answered gets 4 s). A local store (SQLite file)
@@ -137,8 +194,20 @@ class Monitor(Callback):
         tags: dict[str, Any] | None = None,
         run_id: str | None = None,
         flush_timeout: float = 10.0,
+        register_prompts: bool = True,
+        prompt_name: str = "{program}.{module}",
+        prompt_alias: str = DEFAULT_PROMPT_ALIAS,
+        best_alias: str = DEFAULT_BEST_ALIAS,
+        log_datasets: bool = True,
+        log_model: bool = True,
     ) -> None:
         super().__init__()
+        self.register_prompts = bool(register_prompts)
+        self.prompt_name = _check_prompt_name(prompt_name)
+        self.prompt_alias = check_alias(prompt_alias, "prompt_alias")
+        self.best_alias = check_alias(best_alias, "best_alias")
+        self.log_datasets = bool(log_datasets)
+        self.log_model = bool(log_model)
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tracking_uri = tracking_uri
@@ -162,12 +231,17 @@ class Monitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         """``{"run_id": ...}``: what a resumed fit needs to continue the same run.
 
-        If the run is being created right now (first upload in flight), waits briefly for it
-        so a backup taken at the first epoch end already knows the run id.
+        If the run is being created right now (first upload in flight), waits for it so a
+        backup taken at the first epoch end already knows the run id: briefly for a server
+        (which may hang), until written for a local store (which cannot hang, but whose
+        database can take many seconds to create on a busy machine; a backup without the run
+        id would make the resumed fit start a second run).
         """
         session = self._session
         if session is not None and session.active:
-            session.wait_first_attempt(min(self.flush_timeout, 5.0))
+            remote = session.uri.startswith(("http://", "https://"))
+            wait = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
+            session.wait_first_attempt(wait)
         return {"run_id": self.run_id}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -184,11 +258,23 @@ class Monitor(Callback):
             "tags": dict(self.tags),
             "run_id": self._initial_run_id,
             "flush_timeout": self.flush_timeout,
+            "register_prompts": self.register_prompts,
+            "prompt_name": self.prompt_name,
+            "prompt_alias": self.prompt_alias,
+            "best_alias": self.best_alias,
+            "log_datasets": self.log_datasets,
+            "log_model": self.log_model,
         }
 
     # -- hooks (event loop: record and wake the worker, never call MLflow) -----------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        from promptfit.observability.enable import resolve_tracking_uri
+        from promptfit.observability.store_check import check_store
+
         try:
+            if not check_store(resolve_tracking_uri(self.tracking_uri)):
+                self._session = None  # an unusable SQLite file: warned once, fit at full speed
+                return
             self._session = _Session(self)
         except Exception as exc:
             self._session = None
@@ -197,6 +283,8 @@ class Monitor(Callback):
     async def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The run is created lazily here rather than in on_train_begin, so that a
         # BackupAndRestore placed after this callback has restored our run id first.
+        if self._session is not None:
+            self._session.current_epoch = epoch
         await self._start_run()
 
     async def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -230,15 +318,27 @@ class Monitor(Callback):
         if session is None or not session.active:
             return
         try:
-            session.add_metrics(logs, epoch)
+            session.last_rows = session.add_metrics(logs, epoch)
             session.last_epoch = epoch
+            session.last_logs = dict(logs or {})
             session.kick()
         except Exception as exc:
             self._internal_error(exc)
 
     def on_checkpoint_saved(self, path: str, logs: dict[str, Any] | None = None) -> None:
-        if self._session is not None:
-            self._session.saved_checkpoints.append(str(path))
+        session = self._session
+        if session is None:
+            return
+        session.saved_checkpoints.append(str(path))
+        if not session.active or not self.register_prompts:
+            return
+        try:
+            best = _new_best(self.program, path)
+            if best is not None:  # snapshot now: the optimizer changes the prompts next epoch
+                session.add_prompt_job(best[0], best[1], [self.best_alias])
+                session.kick()
+        except Exception as exc:
+            self._internal_error(exc)
 
     def on_train_error(self, error: BaseException) -> None:
         session = self._session
@@ -309,6 +409,14 @@ class _Session:
         self.status = "FINISHED"
         self.saved_checkpoints: list[str] = []
         self.last_epoch = 0
+        self.current_epoch: int | None = None
+        self.last_logs: dict[str, Any] = {}
+        self.last_rows: list[tuple[str, float, int, int]] = []
+        self.prompt_jobs: list[PromptJob] = []
+        self.linked_prompts: list[Any] = []
+        self.dataset_jobs: list[tuple[str, str, list[dict[str, Any]], list[str]]] = []
+        self.model_file: Path | None = None
+        self.model_id: str | None = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.active = False
@@ -342,6 +450,13 @@ class _Session:
         self.link, self._link_token = MLflowSpanBackend.bind_run_link()
         self.config_payload = self._describe(program, lms)
         self.params, self.tags = self._params_and_tags(self.config_payload)
+        self.model_params = {
+            k: v
+            for k, v in self.params.items()
+            if "." not in k or k.startswith(("program.", "compile."))
+        }
+        if monitor.log_datasets:
+            self.dataset_jobs = self._datasets(program)
         self.active = True
         _acquire_http_defaults()
         self.thread = threading.Thread(
@@ -404,6 +519,38 @@ class _Session:
             {_key(k): str(v)[:8000] for k, v in tags.items()},
         )
 
+    def _datasets(self, program: Any) -> list[tuple[str, str, list[dict[str, Any]], list[str]]]:
+        from promptfit.observability.run_outputs import dataset_rows
+
+        state = program.fit_state
+        if state is None:
+            return []
+        jobs = []
+        for context, suffix, xs, ys in (
+            ("training", "train", state.xs, state.ys),
+            ("validation", "validation", state.val_xs, state.val_ys),
+        ):
+            rows, targets = dataset_rows(xs, ys)
+            if rows:
+                jobs.append((context, f"{_key(program.name)}-{suffix}", rows, targets))
+        return jobs
+
+    def add_prompt_job(self, score: float | None, monitor: str | None, aliases: list[str]) -> None:
+        """Snapshot every trainable prompt now (event loop) for the worker to register."""
+        from promptfit.observability.registry import trainable_prompts
+
+        program = self.monitor.program
+        values = {name: v.numpy() for name, v in trainable_prompts(program).items()}
+        if not values:
+            return
+        state = program.fit_state
+        epoch = self.current_epoch
+        if epoch is None:  # resumed mid-epoch: no on_epoch_begin yet
+            epoch = state.epoch if state is not None else self.last_epoch
+        job = PromptJob(values=values, epoch=epoch, score=score, monitor=monitor, aliases=aliases)
+        with self.lock:
+            self.prompt_jobs.append(job)
+
     def backend(self) -> Any:
         from promptfit.observability.mlflow_backend import MLflowSpanBackend
         from promptfit.observability.spans import span_backend
@@ -418,7 +565,9 @@ class _Session:
 
         MLflowSpanBackend.unbind_run_link(self.link, self._link_token)
 
-    def add_metrics(self, logs: dict[str, Any] | None, step: int, prefix: str = "") -> None:
+    def add_metrics(
+        self, logs: dict[str, Any] | None, step: int, prefix: str = ""
+    ) -> list[tuple[str, float, int, int]]:
         now = int(time.time() * 1000)
         rows = [
             (_key(f"{prefix}{key}"), number, now, int(step))
@@ -430,6 +579,7 @@ class _Session:
             overflow = len(self.metrics) - _MAX_BUFFERED_METRICS
             if overflow > 0:  # a very long outage: keep the newest
                 del self.metrics[:overflow]
+        return rows
 
     def kick(self) -> int:
         with self.lock:
@@ -472,8 +622,17 @@ class _Session:
             else:
                 await anyio.to_thread.run_sync(program.save, program_file)
             artifacts.append((program_file, "program"))
+            if self.status == "FINISHED" and self.monitor.log_model:
+                self.model_file = program_file
         except Exception:
             logger.debug("Monitor could not save the program.", exc_info=True)
+        if self.status == "FINISHED" and self.monitor.register_prompts:
+            try:
+                self.current_epoch = self.last_epoch
+                score, key = self._final_score()
+                self.add_prompt_job(score, key, [self.monitor.prompt_alias])
+            except Exception:
+                logger.debug("Monitor could not snapshot the prompts.", exc_info=True)
         best = self._best_checkpoint()
         if best is not None:
             artifacts.append((best, "checkpoints/best"))
@@ -502,6 +661,10 @@ class _Session:
         deadline = time.monotonic() + flush_timeout
         while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
             await anyio.sleep(0.02)
+        if self.completed >= target:
+            # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
+            # let it, so fit returns with the environment restored.
+            await anyio.to_thread.run_sync(self.thread.join, 2.0)
         if remote and self.completed < target and not self.succeeded and not self.disabled:
             from promptfit.observability.mlflow_backend import report_unreachable
 
@@ -511,6 +674,22 @@ class _Session:
             unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
         if unsent and not self.disabled:
             logger.info("Monitor: %d items could not be sent to MLflow before the end.", unsent)
+
+    def _final_score(self) -> tuple[float | None, str | None]:
+        """The last epoch's value of the key a ProgramCheckpoint monitors (else val_reward,
+        else reward), for the final version's ``promptfit.score`` tag."""
+        state = self.monitor.program.fit_state
+        callbacks = list(state.callbacks) if state is not None and state.callbacks else []
+        keys = [
+            c.monitor
+            for c in callbacks
+            if type(c).__name__ == "ProgramCheckpoint" and isinstance(c.monitor, str)
+        ]
+        for key in [*keys, "val_reward", "reward"]:
+            value = _number(self.last_logs.get(key))
+            if value is not None:
+                return value, key
+        return None, None
 
     def _best_checkpoint(self) -> Path | None:
         state = self.monitor.program.fit_state
@@ -596,11 +775,23 @@ class _Session:
             if self.run_id is None:
                 self._start_run(client)
             self._send_params(client)
+            self._send_datasets(client)
             self._send_metrics(client)
+            self._send_prompts(client)
             self._send_artifacts(client)
             with self.lock:
+                final = self.end_requested
+            if final:
+                self._send_model(client)
+            with self.lock:
                 done = self.end_requested and not (
-                    self.metrics or self.params or self.tags or self.artifacts
+                    self.metrics
+                    or self.params
+                    or self.tags
+                    or self.artifacts
+                    or self.prompt_jobs
+                    or self.dataset_jobs
+                    or self.model_file
                 )
             if done and not self.ended:
                 client.set_terminated(self.run_id, status=self.status)
@@ -734,6 +925,112 @@ class _Session:
                         logger.debug("MLflow rejected metric %r: %s", row[0], inner)
             with self.lock:
                 del self.metrics[: len(rows)]  # only appended at the end meanwhile
+
+    def _drop_on_permanent(self, what: str, exc: Exception) -> None:
+        """A registry/inputs/model call MLflow refused for good: warn once, keep tracking.
+
+        An API this MLflow version lacks (ImportError, AttributeError, TypeError...) is just as
+        permanent; only what looks like a connectivity problem is re-raised, to be retried.
+        """
+        from promptfit.observability.mlflow_backend import scrub_secrets
+
+        unsupported = isinstance(exc, ImportError | AttributeError | TypeError | ValueError)
+        if not _is_permanent(exc) and not unsupported:
+            raise exc
+        detail = scrub_secrets(str(exc), self.secrets)[:300]
+        logger.debug("MLflow rejected %s: %s", what, detail)
+        if not getattr(self, "_warned_rejected", False):
+            self._warned_rejected = True
+            warnings.warn(
+                f"promptfit: MLflow rejected the Monitor's {what} ({detail}); the run's params "
+                "and metrics are still tracked. Training continues.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _send_datasets(self, client: Any) -> None:
+        from promptfit.observability.run_outputs import log_datasets
+
+        with self.lock:
+            jobs = list(self.dataset_jobs)
+        if not jobs:
+            return
+        try:
+            log_datasets(client, self.run_id, jobs)
+        except Exception as exc:
+            self._drop_on_permanent("data sets", exc)
+        with self.lock:
+            del self.dataset_jobs[: len(jobs)]
+
+    def _send_prompts(self, client: Any) -> None:
+        from promptfit.observability.registry import (
+            link_prompts_to_run,
+            prompt_registry_name,
+            register_prompt_version,
+        )
+
+        monitor = self.monitor
+        program_name = monitor.program.name
+        while True:
+            with self.lock:
+                if not self.prompt_jobs:
+                    return
+                job = self.prompt_jobs[0]
+            try:
+                versions = []
+                for module, value in job.values.items():
+                    name = prompt_registry_name(
+                        monitor.prompt_name.format(program=program_name, module=module)
+                    )
+                    version = register_prompt_version(
+                        client, name, value, run_id=str(self.run_id), epoch=job.epoch,
+                        score=job.score, monitor=job.monitor, program_name=program_name,
+                        module_name=module,
+                    )  # fmt: skip
+                    for alias in job.aliases:
+                        client.set_prompt_alias(name, alias, int(version.version))
+                    versions.append(version)
+                link_prompts_to_run(client, str(self.run_id), versions)
+                self.linked_prompts.extend(versions)
+            except Exception as exc:
+                self._drop_on_permanent("prompt registration", exc)
+            with self.lock:
+                if self.prompt_jobs and self.prompt_jobs[0] is job:
+                    self.prompt_jobs.pop(0)
+
+    def _send_model(self, client: Any) -> None:
+        from promptfit.observability.run_outputs import create_program_model, log_program_model
+
+        source = self.model_file
+        if source is None:
+            return
+        try:
+            folder = self.stage_dir() / "model"
+            folder.mkdir(parents=True, exist_ok=True)
+            files = [folder / source.name]
+            shutil.copy2(source, files[0])
+            config = self.stage_dir() / "promptfit" / "fit_config.json"
+            if config.exists():
+                files.append(folder / config.name)
+                shutil.copy2(config, files[-1])
+            for file in files:
+                self._stage(file)  # scrubs in place (the folder is ours)
+            metrics = list(self.last_rows)  # the run's own points: linked, not duplicated
+            if self.model_id is None:
+                self.model_id = create_program_model(
+                    client, experiment_id=str(self.experiment_id), run_id=str(self.run_id),
+                    name=_key(self.monitor.program.name),
+                    params=dict(list(self.model_params.items())[:100]),
+                )  # fmt: skip
+            log_program_model(
+                client, model_id=self.model_id, run_id=str(self.run_id), files=files,
+                metrics=metrics,
+            )  # fmt: skip
+        except (FileNotFoundError, PermissionError) as exc:
+            logger.debug("Monitor skipped the logged model: %s", exc)
+        except Exception as exc:
+            self._drop_on_permanent("logged model", exc)
+        self.model_file = None
 
     def _send_artifacts(self, client: Any) -> None:
         while True:

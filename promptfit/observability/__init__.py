@@ -18,12 +18,14 @@ from promptfit.observability.enable import (
     observability_settings,
 )
 from promptfit.observability.mlflow_backend import MLflowSpanBackend
+from promptfit.observability.registry import load_prompts
 from promptfit.observability.spans import set_span_backend, span, span_backend
 
 __all__ = [
     "MLflowSpanBackend",
     "disable_observability",
     "enable_observability",
+    "load_prompts",
     "observability_settings",
     "set_span_backend",
     "span",

@@ -32,6 +32,7 @@ from promptfit.observability.mlflow_backend import (
     report_unreachable,
 )
 from promptfit.observability.spans import set_span_backend, span_backend
+from promptfit.observability.store_check import check_store
 
 if TYPE_CHECKING:
     from promptfit.callbacks.callback import Callback
@@ -251,18 +252,22 @@ def enable_observability(
         previous_env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         _acquire_http_defaults()
         mlflow.set_tracking_uri(uri)  # the trace exporter writes to the global tracking URI
-        with contextlib.suppress(Exception):
-            # Build MLflow's tracer provider now, not lazily inside the first span (which
-            # would run on the event loop, in the middle of a fit).
-            from mlflow.tracing.provider import _get_tracer
-
-            _get_tracer("promptfit")
         backend = MLflowSpanBackend(tracking_uri=uri)
-        try:
-            backend.experiment_id = get_or_create_experiment(mlflow.MlflowClient(uri), name, uri)
-            mark_reachable(uri)
-        except Exception as exc:
-            report_unreachable(uri, exc)
+        # An unusable SQLite file: one warning now, not minutes of MLflow's retries (building
+        # the tracer provider below already opens the store).
+        if check_store(uri):
+            with contextlib.suppress(Exception):
+                # Build MLflow's tracer provider now, not lazily inside the first span (which
+                # would run on the event loop, in the middle of a fit).
+                from mlflow.tracing.provider import _get_tracer
+
+                _get_tracer("promptfit")
+            try:
+                client = mlflow.MlflowClient(uri)
+                backend.experiment_id = get_or_create_experiment(client, name, uri)
+                mark_reachable(uri)
+            except Exception as exc:
+                report_unreachable(uri, exc)
         backend.install_log_filter()
         set_span_backend(backend)
         _settings = _Settings(uri, name, backend, previous_uri, previous_env_uri)

@@ -22,12 +22,13 @@ import contextlib
 import contextvars
 import logging
 import os
-import re
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from promptfit.saving.secrets import REDACTED, is_credential_name, scrub_text
 
 __all__ = [
     "MLflowSpanBackend",
@@ -41,28 +42,13 @@ __all__ = [
 
 logger = logging.getLogger("promptfit")
 
-REDACTED = "***"
 
-# Names whose values are credentials. "token" alone is NOT here: `tokens`, `max_tokens` and
-# `prompt_tokens` are usage numbers, not secrets.
-_SECRET_NAME = re.compile(
-    r"(api[_-]?key|secret|passw(or)?d|authori[sz]ation|credential|access[_-]?token|"
-    r"auth[_-]?token|bearer|private[_-]?key|session[_-]?token)",
-    re.IGNORECASE,
-)
-# Shapes of common provider keys, for values that reach us under an innocent name (an error
-# message quoting the key, a header copied into a config...).
-_SECRET_VALUE = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{6,}|sk_(live|test)_[A-Za-z0-9]{8,}|Bearer\s+[A-Za-z0-9._~+/\-]{8,}=*"
-    r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
-    r"|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{20,})"
-)
-_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
+# The credential rules (names, key shapes, URL credentials) are promptfit's one scrubber's,
+# in promptfit.saving.secrets; MLflow params mask a credential instead of dropping it, so the
+# UI shows that one was set.
 def _environment_secrets() -> set[str]:
     return {
-        value for name, value in os.environ.items() if _SECRET_NAME.search(name) and len(value) >= 8
+        value for name, value in os.environ.items() if is_credential_name(name) and len(value) >= 8
     }
 
 
@@ -95,15 +81,11 @@ def scrub_secrets(value: Any, secrets: Iterable[str] = ()) -> Any:
 
 def _scrub(value: Any, known: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in known:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        value = _SECRET_VALUE.sub(REDACTED, value)
-        return _URI_USERINFO.sub(f"{REDACTED}@", value) if "@" in value else value
+        return scrub_text(value, known)
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and _SECRET_NAME.search(key) and item not in (None, ""):
+            if is_credential_name(key) and item not in (None, ""):
                 out[key] = REDACTED
             else:
                 out[key] = _scrub(item, known)
@@ -115,7 +97,7 @@ def _scrub(value: Any, known: list[str]) -> Any:
 
 def redact_uri(uri: str) -> str:
     """``uri`` without ``user:password@``, for messages (tracking URIs may embed credentials)."""
-    return _URI_USERINFO.sub(f"{REDACTED}@", uri)
+    return scrub_text(uri, [])
 
 
 # -- reachability ------------------------------------------------------------------------------

@@ -251,6 +251,7 @@ def load_program(
     api_key: str | None = None,
     safe_mode: bool = True,
     allowed_providers: Iterable[str] | None = None,
+    prompts: dict[str, str] | None = None,
 ) -> Program:
     """Load a program saved with :meth:`Program.save`.
 
@@ -271,6 +272,9 @@ def load_program(
         allowed_providers: litellm provider names (``["openai", "anthropic"]``) whose hosted
             endpoints a file may use in safe mode. Only the provider's own endpoint is
             allowed: a file that also sets a non-loopback ``api_base`` is still refused.
+        prompts: ``{module_name: "prompts:/<name>@<alias>"}``: take these generators' prompts
+            from the MLflow Prompt Registry instead of the file (validated like the file's
+            own values; see :func:`promptfit.observability.load_prompts`).
 
     Raises:
         UnsafeFileError: ``safe_mode`` refused the file (the message names what and the fix).
@@ -310,6 +314,10 @@ def load_program(
             f"{path} is not a valid promptfit program ({type(error).__name__}: "
             f"{str(error)[:300]}). Save it again with program.save(), or fix the file."
         ) from error
+    if prompts is not None:  # the registry's prompts win over the file's
+        from promptfit.observability.registry import load_prompts
+
+        load_prompts(program, prompts)
     return program
 
 

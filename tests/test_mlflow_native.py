@@ -1,0 +1,285 @@
+"""MLflow-native results of a fit (issue 14), on the SQLite store and on a real tracking server.
+
+Each store gets one fit with a ``ProgramCheckpoint`` (so "best" is known) and a validation
+split, read back through ``MlflowClient``: prompt versions with their tags and aliases, the
+run's linked prompts, the data sets as run inputs, and the program as a logged model. Then a
+program loads its prompt back by alias, a crashed-and-resumed fit reuses its versions, and
+hostile registry content is refused with a typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import arithmetic_data
+from test_monitor import MlflowServer
+
+import promptfit as pf
+from promptfit.callbacks.backup_and_restore import BackupAndRestore
+from promptfit.callbacks.callback import Callback
+from promptfit.callbacks.monitor import Monitor
+from promptfit.callbacks.program_checkpoint import ProgramCheckpoint
+from promptfit.errors import ConfigurationError, SerializationError
+from promptfit.observability.enable import disable_observability
+from promptfit.observability.mlflow_backend import mark_reachable
+from promptfit.observability.registry import (
+    load_prompts,
+    prompt_template,
+    prompt_value_from_template,
+)
+
+SECRET = "sk-test-secret-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    boot = MlflowServer(tmp_path_factory.mktemp("native_server"))
+    boot.start()
+    try:
+        boot.wait()
+        mark_reachable(boot.url)
+        yield boot
+    finally:
+        boot.kill()
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "server":
+        return str(request.getfixturevalue("server").url)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _observability_off() -> Iterator[None]:
+    yield
+    disable_observability()
+
+
+def _client(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    return sorted(client.search_prompt_versions(name), key=lambda v: int(v.version))
+
+
+class CrashBeforeEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+async def _fit(
+    calc_program: Callable[..., Any],
+    monitor: Monitor,
+    directory: Path,
+    extra: list[Callback] | None = None,
+    **options: Any,
+) -> tuple[pf.Program, Any]:
+    program = await calc_program(**options)
+    checkpoint = ProgramCheckpoint(
+        filepath=str(directory / "ckpt" / "calc-{epoch:02d}.json"), monitor="val_reward",
+        save_best_only=True,
+    )  # fmt: skip
+    x, y = arithmetic_data(8)
+    callbacks = [checkpoint, monitor, *(extra or [])]
+    history = await program.fit(
+        x, y, epochs=3, batch_size=3, verbose=0, validation_split=0.25, callbacks=callbacks, seed=3
+    )
+    return program, history
+
+
+def test_trained_prompts_datasets_and_logged_model(
+    store: str, calc_program: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monitor = Monitor(tracking_uri=store, experiment_name="native", run_name="native")
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        program, history = asyncio.run(_fit(calc_program, monitor, tmp_path))
+    ours = [str(r.message) for r in records if str(r.message).startswith("promptfit:")]
+    assert not ours, ours
+    assert len(history.epoch) == 3
+    client = _client(store)
+    run = client.get_run(monitor.run_id)
+    assert run.info.status == "FINISHED"
+
+    # 1. prompt versions: tagged, aliased, linked to the run
+    versions = _versions(client, "calc.answer")
+    assert versions
+    for version in versions:
+        tags = version.tags
+        assert tags["promptfit.run_id"] == run.info.run_id
+        assert tags["promptfit.monitor"] == "val_reward" and float(tags["promptfit.score"]) >= 0
+        assert 1 <= int(tags["promptfit.epoch"]) <= 3 and tags["promptfit.module"] == "answer"
+    digests = [v.tags["promptfit.digest"] for v in versions]
+    assert len(digests) == len(set(digests))  # one version per distinct content
+    latest = client.get_prompt_version_by_alias("calc.answer", "latest-trained")
+    best = client.get_prompt_version_by_alias("calc.answer", "best")
+    final = program.get_module("answer").prompt.value
+    assert prompt_value_from_template(latest.template) == final
+    assert best.tags["promptfit.epoch"] in {"1", "2", "3"}
+    linked = json.loads(run.data.tags["mlflow.linkedPrompts"])
+    assert {"name": "calc.answer", "version": str(latest.version)} in linked
+    assert SECRET not in json.dumps([v.template for v in versions])
+
+    # 3. data sets as run inputs: training and validation, pandas, digest, source
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"training", "validation"}
+    train, val = inputs["training"], inputs["validation"]
+    assert train.name == "calc-train" and val.name == "calc-validation"
+    assert train.digest and val.digest and train.digest != val.digest
+    assert train.source_type == "code" and train.source
+    assert json.loads(train.profile)["num_rows"] == 6 and json.loads(val.profile)["num_rows"] == 2
+    columns = {c["name"] for c in json.loads(train.schema)["mlflow_colspec"]}
+    assert columns == {"question", "answer"}
+
+    # 4. the program as a logged model: artifacts, metrics linked, output of the run
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    models = [m for m in models if m.source_run_id == run.info.run_id]
+    assert len(models) == 1
+    model = models[0]
+    assert model.name == "calc" and str(model.status) in ("READY", "LoggedModelStatus.READY")
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    files = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+    assert files == {"calc.json", "fit_config.json"}
+    metrics = {m.key: m.value for m in model.metrics}
+    assert metrics["val_reward"] == history.history["val_reward"][-1]
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    assert SECRET not in "".join(p.read_text() for p in local.rglob("*.json"))
+
+    # 2. a program picks its prompt up from the registry by alias
+    saved = tmp_path / "calc.json"
+    fresh = asyncio.run(calc_program())
+    fresh.get_module("answer").prompt.assign({"instructions": "stale", "examples": []})
+    fresh.save(saved)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    loaded = pf.load_program(
+        saved,
+        language_models={lm.name: lm for lm in fresh.all_language_models()},
+        prompts={"answer": "prompts:/calc.answer@latest-trained"},
+    )
+    assert loaded.get_module("answer").prompt.value == final
+
+
+def test_resumed_fit_reuses_its_prompt_versions(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    backup = BackupAndRestore(backup_dir=tmp_path / "bk")
+
+    async def attempt(crash_at: int) -> Monitor:
+        monitor = Monitor(tracking_uri=store, experiment_name="resume", prompt_name="shop.{module}")
+        crash = CrashBeforeEpoch(crash_at)
+        with contextlib.suppress(RuntimeError):
+            await _fit(calc_program, monitor, tmp_path, [crash, backup], tag="resume-native")
+        return monitor
+
+    first = asyncio.run(attempt(crash_at=2))
+    client = _client(store)
+    before = _versions(client, "shop.answer")
+    assert before and client.get_run(first.run_id).info.status == "FAILED"
+    second = asyncio.run(attempt(crash_at=-1))
+    assert second.run_id == first.run_id
+    after = _versions(client, "shop.answer")
+    assert [v.version for v in after[: len(before)]] == [v.version for v in before]
+    digests = [v.tags["promptfit.digest"] for v in after]
+    assert len(digests) == len(set(digests)), digests  # the resume added no duplicate
+    assert client.get_prompt_version_by_alias("shop.answer", "latest-trained")
+    run = client.get_run(first.run_id)
+    contexts = sorted(t.value for d in run.inputs.dataset_inputs for t in d.tags)
+    assert contexts == ["training", "validation"]  # logged once, not per attempt
+
+
+def test_off_with_one_argument_each(calc_program: Callable[..., Any], tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monitor = Monitor(
+        tracking_uri=store, experiment_name="off", register_prompts=False, log_datasets=False,
+        log_model=False,
+    )  # fmt: skip
+    asyncio.run(_fit(calc_program, monitor, tmp_path))
+    client = _client(store)
+    run = client.get_run(monitor.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["reward"] >= 0
+    assert not client.search_prompts() and not run.inputs.dataset_inputs
+    assert not run.outputs.model_outputs and "mlflow.linkedPrompts" not in run.data.tags
+
+
+def test_monitor_arguments_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="prompt_alias"):
+        Monitor(prompt_alias="has space")
+    with pytest.raises(ConfigurationError, match="best_alias"):
+        Monitor(best_alias="7")
+    with pytest.raises(ConfigurationError, match="prompt_name"):
+        Monitor(prompt_name="{program}.{nope}")
+    config = Monitor(prompt_name="shop.{module}", register_prompts=False).get_config()
+    assert Monitor.from_config(config).get_config() == config
+
+
+def test_registry_content_is_untrusted_input(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = _client(store)
+    program = asyncio.run(calc_program())
+    good = {
+        "instructions": "Add.",
+        "examples": [{"inputs": {"question": "1+1"}, "outputs": {"answer": "2"}}],
+    }
+    evil = {"model_name": "evil", "extra_params": {"api_base": "http://8.8.8.8"}}
+    client.register_prompt("ok", prompt_template(good), model_config=evil)
+    client.register_prompt("text", "Just answer.")
+    assert load_prompts(program, {"answer": "prompts:/ok/1"}, tracking_uri=store)
+    assert program.get_module("answer").prompt.value == good  # model_config is never read
+    assert all("8.8.8.8" not in str(lm.get_config()) for lm in program.all_language_models())
+    load_prompts(program, {"answer": "prompts:/text/1"}, tracking_uri=store)
+    assert program.get_module("answer").prompt.value == {
+        "instructions": "Just answer.",
+        "examples": [],
+    }
+
+    deep = "[" * 5000 + "]" * 5000
+    hostile = {
+        "roles": [
+            {"role": "system", "content": "x"}, {"role": "assistant", "content": "{{inputs}}"},
+        ],
+        "not_json": [
+            {"role": "system", "content": "x"}, {"role": "user", "content": "not json"},
+            {"role": "assistant", "content": "{}"}, {"role": "user", "content": "{{inputs}}"},
+        ],
+        "schema": prompt_template({"instructions": "x", "examples": [
+            {"inputs": {"question": "q"}, "outputs": {"wrong_field": 1}}]}),
+        "deep": [
+            {"role": "system", "content": "x"}, {"role": "user", "content": deep},
+            {"role": "assistant", "content": "{}"}, {"role": "user", "content": "{{inputs}}"},
+        ],
+    }  # fmt: skip
+    for name, template in hostile.items():
+        client.register_prompt(name, template)
+    before = program.get_module("answer").prompt.value
+    for name in hostile:
+        with pytest.raises(SerializationError, match=f"prompts:/{name}/1"):
+            load_prompts(program, {"answer": f"prompts:/{name}/1"}, tracking_uri=store)
+    with pytest.raises(SerializationError, match="Could not load"):
+        load_prompts(program, {"answer": "prompts:/missing@best"}, tracking_uri=store)
+    with pytest.raises(ConfigurationError, match="prompts:/"):
+        load_prompts(program, {"answer": "https://evil.example/prompt"}, tracking_uri=store)
+    with pytest.raises(pf.errors.VariableValidationError, match="not a generator"):
+        load_prompts(program, {"nope": "prompts:/ok/1"}, tracking_uri=store)
+    assert program.get_module("answer").prompt.value == before  # nothing was assigned
