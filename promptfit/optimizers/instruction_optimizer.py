@@ -40,6 +40,11 @@ class InstructionOptimizer(PopulationOptimizer):
         num_candidates: Proposals scored per batch.
         num_examples: Good and bad examples shown (each).
         population_size: Scored candidates kept.
+        confidence: 1 - the chance that a challenger which is in truth no better replaces the
+            current variables (see :class:`~promptfit.optimizers.PopulationOptimizer`).
+        max_looks: Training batches a challenger may race before it is dropped.
+        max_lm_calls: Most LM calls the whole fit may make (proposals and scoring
+            included), or ``None``.
         seed: RNG seed.
 
     Example:
@@ -57,9 +62,19 @@ class InstructionOptimizer(PopulationOptimizer):
         num_candidates: int = 1,
         num_examples: int = 3,
         population_size: int = 10,
+        confidence: float = 0.95,
+        max_looks: int = 5,
+        max_lm_calls: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__(num_candidates=num_candidates, population_size=population_size, seed=seed)
+        super().__init__(
+            num_candidates=num_candidates,
+            population_size=population_size,
+            confidence=confidence,
+            max_looks=max_looks,
+            max_lm_calls=max_lm_calls,
+            seed=seed,
+        )
         self.language_model = language_model
         self.num_examples = num_examples
         self._system = render_system(_META_INSTRUCTIONS, json_schema_text(InstructionProposal))
