@@ -136,8 +136,11 @@ class PopulationOptimizer(Optimizer):
     moves in fewer than 5 % of races.
 
     With validation data, at each epoch end every incumbent of the epoch that has no
-    validation score yet is scored on the validation set (concurrently), and the program ends
-    the epoch on the best candidate by validation reward among all validated so far.
+    validation score yet, and up to ``num_candidates`` racing challengers that have won more
+    examples than they lost, are scored on the validation set (concurrently); the program
+    ends the epoch on the best candidate by validation reward among all validated so far (the
+    current variables win ties). Validation thus decides what a race could not settle before
+    the epoch (or the budget) ended, on data the races never saw.
 
     Args:
         num_candidates: Challengers racing at a time (each costs one batch of program calls
@@ -367,6 +370,14 @@ class PopulationOptimizer(Optimizer):
         self.epoch_incumbents.setdefault(current_key, current)
         pending = [(k, v) for k, v in self.epoch_incumbents.items() if k not in self.validated]
         self.epoch_incumbents = {}
+        # Challengers still racing with more wins than losses are validated too (strongest
+        # evidence first): when the budget or the epoch ends a race early, validation decides.
+        leading = sorted(
+            (r for r in self.races if r.wins > r.losses and r.key not in self.validated),
+            key=lambda r: (r.p_value, -r.diff_sum),
+        )
+        pending += [(r.key, r.variables) for r in leading[: self.num_candidates]]
+        pending.sort(key=lambda item: item[0] != current_key)  # the incumbent first
         if len(self.validated) + len(pending) < 2:
             return  # nothing to choose between: fit's own validation pass scores the incumbent
         per_pass = len(state.val_xs) * self._calls_per_example()
@@ -386,9 +397,10 @@ class PopulationOptimizer(Optimizer):
             self.validated,
             key=lambda k: (self.validated[k]["val_reward"], k == current_key),
         )
-        if best_key != current_key and (
-            current_key not in self.validated
-            or self.validated[best_key]["val_reward"] > self.validated[current_key]["val_reward"]
+        if (
+            best_key != current_key
+            and current_key in self.validated
+            and self.validated[best_key]["val_reward"] > self.validated[current_key]["val_reward"]
         ):
             program.set_variables(self.validated[best_key]["variables"])  # type: ignore[attr-defined]
             self.moves += 1
