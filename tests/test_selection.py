@@ -139,7 +139,9 @@ def test_max_lm_calls_bounds_the_fit_and_every_call_is_logged(
     history, program, used = asyncio.run(run())
     assert program.optimizer.budget_exhausted
     assert len(history.epoch) < 50
-    assert budget - 5 <= used <= budget  # one call per example here
+    # Never over; the unspent rest is at most what the end kept back for validating
+    # challengers that turned out not to need it ((2 + num_candidates) passes of 6 examples).
+    assert budget - 4 * 6 - 5 <= used <= budget
     assert sum(history.history["lm_calls"]) == used
 
 

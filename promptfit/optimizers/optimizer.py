@@ -136,11 +136,12 @@ class PopulationOptimizer(Optimizer):
     moves in fewer than 5 % of races.
 
     With validation data, at each epoch end every incumbent of the epoch that has no
-    validation score yet, and up to ``num_candidates`` racing challengers that have won more
-    examples than they lost, are scored on the validation set (concurrently); the program
-    ends the epoch on the best candidate by validation reward among all validated so far (the
-    current variables win ties). Validation thus decides what a race could not settle before
-    the epoch (or the budget) ended, on data the races never saw.
+    validation score yet, and up to ``num_candidates`` challengers that have won more examples
+    than they lost (or that the budget left no training data to race on), are scored on the
+    validation set (concurrently); the program ends the epoch on the best candidate by
+    validation reward among all validated so far (the current variables win ties). Validation
+    thus decides what a race could not settle before the epoch (or the budget) ended, on data
+    the races never saw.
 
     Args:
         num_candidates: Challengers racing at a time (each costs one batch of program calls
@@ -260,16 +261,22 @@ class PopulationOptimizer(Optimizer):
         state = getattr(self.program, "fit_state", None)
         return len(state.val_xs) if state is not None else 0
 
-    def _remaining(self) -> float:
-        """Calls still available, after keeping one validation pass for ``fit`` itself."""
+    def _remaining(self, final: bool = False) -> float:
+        """Calls still available after what the end of the fit needs.
+
+        With validation data, training steps keep back the last epoch end's validation
+        passes: the incumbent and ``num_candidates`` challengers scored by the optimizer, and
+        fit's own pass (``final=True``: only fit's own pass, used at the epoch end itself).
+        """
         if self.max_lm_calls is None:
             return math.inf
-        reserve = self._validation_size() * self._calls_per_example()
+        passes = 1 if final else 2 + self.num_candidates
+        reserve = passes * self._validation_size() * self._calls_per_example()
         return self.max_lm_calls - self.calls_used - reserve
 
-    def _affordable(self, cost: float, wanted: int) -> int:
+    def _affordable(self, cost: float, wanted: int, final: bool = False) -> int:
         """How many of ``wanted`` runs costing ``cost`` calls each the budget still pays for."""
-        remaining = self._remaining()
+        remaining = self._remaining(final)
         if math.isinf(remaining) or cost <= 0:
             return wanted
         return max(0, min(wanted, int(remaining // cost)))
@@ -311,18 +318,16 @@ class PopulationOptimizer(Optimizer):
         incumbent_key = self._key(incumbent)
         self.epoch_incumbents.setdefault(incumbent_key, incumbent)
         self._record(incumbent, outcome.mean_reward, n)
-        step_cost = n * self._calls_per_example()
-        if self._remaining() < step_cost:
-            self._stop_for_budget()
-            return
         observed = self.observe(outcome)
         if inspect.isawaitable(observed):
             await observed
+        # Proposals are made even when the budget cannot race them on training data: with
+        # validation data, the epoch end still scores them there (unraced challengers).
         await self._fill(incumbent, incumbent_key, outcome)
         affordable = self._affordable(n * self._calls_per_example(), len(self.races))
         racing = self.races[: max(0, affordable)]
         if not racing:
-            if self.races:
+            if self.races or self._remaining() < 2 * n * self._calls_per_example():
                 self._stop_for_budget()
             self._prune(incumbent_key)
             return
@@ -373,15 +378,19 @@ class PopulationOptimizer(Optimizer):
         # Challengers still racing with more wins than losses are validated too (strongest
         # evidence first): when the budget or the epoch ends a race early, validation decides.
         leading = sorted(
-            (r for r in self.races if r.wins > r.losses and r.key not in self.validated),
-            key=lambda r: (r.p_value, -r.diff_sum),
+            (
+                r
+                for r in self.races
+                if (r.wins > r.losses or r.looks == 0) and r.key not in self.validated
+            ),
+            key=lambda r: (r.looks == 0, r.p_value, -r.diff_sum),
         )
         pending += [(r.key, r.variables) for r in leading[: self.num_candidates]]
         pending.sort(key=lambda item: item[0] != current_key)  # the incumbent first
         if len(self.validated) + len(pending) < 2:
             return  # nothing to choose between: fit's own validation pass scores the incumbent
         per_pass = len(state.val_xs) * self._calls_per_example()
-        affordable = self._affordable(per_pass, len(pending))
+        affordable = self._affordable(per_pass, len(pending), final=True)
         pending = pending[: max(0, affordable)]
         if pending:
             before = self.calls_used
