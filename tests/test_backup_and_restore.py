@@ -362,6 +362,29 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(
         assert not (tmp_path / name / "backup").exists()
 
 
+def test_sigkill_mid_search_resumes_the_same_search(
+    llm_server: FakeLLMServer, fork_server: ForkServer, tmp_path: Path
+) -> None:
+    """BootstrapFewShot with a teacher, killed while challengers are racing (open races,
+    bootstrapped pools, validated candidates in the backup): the resumed run ends exactly as
+    the uninterrupted one, optimizer state included."""
+    url = llm_server.base_url
+    reference = asyncio.run(
+        fit_script.run(url, tmp_path / "reference", save_freq=1, optimizer="bootstrap")
+    )
+    args = ("--save-freq", "1", "--optimizer", "bootstrap")
+    run = Run(fork_server, url, tmp_path / "mid", *args)
+    _kill_when([(run, lambda s: s["step"] >= 1 and bool(s["optimizer"]["races"]))])
+    assert run.killed_at is not None and run.killed_at["optimizer"]["races"]
+    assert run.killed_at["optimizer"]["bootstrapped"]
+    Run(fork_server, url, tmp_path / "mid", *args).finish()
+    result = json.loads((tmp_path / "mid" / "result.json").read_text())
+    assert result["variables"] == reference["variables"]
+    assert result["optimizer"] == reference["optimizer"]
+    assert result["epochs"] == reference["epochs"]
+    assert _columns(result["history"]) == _columns(reference["history"])
+
+
 # --------------------------------------------------------------------------------------
 # in-process crashes
 # --------------------------------------------------------------------------------------
