@@ -342,10 +342,14 @@ NO_SEARCH = ["zero-shot", "k random labelled", "dspy LabeledFewShot"]
 SEARCH = [
     "pf RandomFewShot",
     "pf BootstrapFewShot",
-    "pf InstructionOptimizer",
     "dspy BootstrapFewShotWithRandomSearch",
+    "pf InstructionOptimizer",
 ]
 FIXED_BUDGET = ["dspy MIPROv2 light"]
+ORDER = ["zero-shot", "k random labelled", *SEARCH[:3], "dspy LabeledFewShot", SEARCH[3]]
+
+
+JSONL: Path | None = None  # --json: every finished run is appended here at once
 
 
 def run_one(
@@ -363,6 +367,9 @@ def run_one(
     if error:
         row["error"] = error
     print(json.dumps(row), file=sys.stderr, flush=True)
+    if JSONL is not None:
+        with JSONL.open("a", encoding="utf-8") as handle:  # partial results survive a stop
+            handle.write(json.dumps(row) + "\n")
     return row
 
 
@@ -453,17 +460,17 @@ async def _concurrency(n: int, latency_ms: float, concurrency: int) -> dict[str,
 
 
 def main() -> None:
-    global MODEL, API_BASE
+    global MODEL, API_BASE, JSONL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["sst2", "restaurant8k"])
-    parser.add_argument("--methods", nargs="+", default=[*NO_SEARCH, *SEARCH, *FIXED_BUDGET])
+    parser.add_argument("--methods", nargs="+", default=[*ORDER, *FIXED_BUDGET])
     parser.add_argument("--budgets", type=int, nargs="+", default=[40, 120])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train", type=int, default=100, help="training rows used")
     parser.add_argument("--val", type=int, default=16, help="validation rows used")
     parser.add_argument("--test", type=int, default=60, help="test rows scored")
     parser.add_argument("--no-dspy", action="store_true")
-    parser.add_argument("--json", type=Path, help="write every run's row here")
+    parser.add_argument("--json", type=Path, help="append every run's row here (JSON Lines)")
     parser.add_argument("--merge", type=Path, nargs="+", help="print the table of saved runs")
     parser.add_argument("--concurrency", action="store_true", help="the test-server check")
     parser.add_argument("--model", default=MODEL, help="litellm model (default: embedded)")
@@ -478,13 +485,16 @@ def main() -> None:
         print(f"fit(num_candidates=4) / evaluate wall time per LM call: median {ratio:.2f}")
         return
     if args.merge:
-        rows = [row for path in args.merge for row in json.loads(path.read_text())]
+        rows = [
+            json.loads(line)
+            for path in args.merge
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
         print(table(rows))
         return
-    rows = grid(args)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    print(table(rows))
+    JSONL = args.json
+    print(table(grid(args)))
 
 
 if __name__ == "__main__":
