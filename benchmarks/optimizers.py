@@ -120,9 +120,9 @@ def val_subset(data: dict[str, tuple[list, list]], budget: int | None) -> tuple[
     """The validation rows a budget pays for: ``budget // 8`` (at least 4), for every method.
 
     A search spends most of a small budget on validation passes, so both frameworks get the
-    same, budget-sized validation set.
+    same, budget-sized validation set (at least 5 rows).
     """
-    n = max(4, (budget or 40) // 8)
+    n = max(5, (budget or 40) // 8)
     x, y = data["val"]
     return x[:n], y[:n]
 
@@ -150,7 +150,23 @@ def compile_program(program: pf.Program, dataset: str, optimizer: Any = None) ->
     program.compile(reward=pf.rewards.FunctionReward(reward), optimizer=optimizer)
 
 
-async def pf_test_score(program: pf.Program, data: dict[str, tuple[list, list]]) -> float:
+TEST_CACHE_DIR = Path(os.environ.get("PROMPTFIT_BENCH_CACHE", "/tmp/promptfit-bench-cache"))
+
+
+async def pf_test_score(
+    program: pf.Program, lm: pf.LanguageModel, data: dict[str, tuple[list, list]]
+) -> float:
+    """Score on test. The *test* calls go through a response cache shared by all runs.
+
+    Why: runs often end on the same prompt (the zero-shot one when no challenger won), and the
+    model is deterministic, so a repeated (prompt, input) gets the same answer; the cache only
+    saves wall time on a shared 2-core machine. Training calls are never cached, so the LM
+    call budgets stay real.
+    """
+    from promptfit.language_models.cache import ResponseCache
+
+    TEST_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    lm.cache = ResponseCache(path=TEST_CACHE_DIR / "promptfit-test.sqlite")
     result = await program.evaluate(*data["test"], batch_size=len(data["test"][0]), verbose=0)
     return float(result["reward"])
 
@@ -184,7 +200,7 @@ async def run_promptfit(
     elif optimizer is not None:
         await program.fit(
             *data["train"],
-            batch_size=8,
+            batch_size=4,
             epochs=1000,  # the budget ends the fit
             validation_data=val_subset(data, budget),
             verbose=0,
@@ -192,7 +208,7 @@ async def run_promptfit(
         )
     train_seconds = time.perf_counter() - started
     train_calls = program.usage_totals().calls - calls0
-    test = await pf_test_score(program, data)
+    test = await pf_test_score(program, lm, data)
     return {"test": test, "calls": train_calls, "seconds": train_seconds}
 
 
@@ -212,8 +228,12 @@ def dspy_setup() -> Any:
 
     if MODEL.startswith("local/"):
         register_local_provider(MODEL)
-    with contextlib.suppress(Exception):
-        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    with contextlib.suppress(Exception):  # test calls only: see pf_test_score
+        dspy.configure_cache(
+            enable_disk_cache=True,
+            enable_memory_cache=True,
+            disk_cache_dir=str(TEST_CACHE_DIR / "dspy"),
+        )
     return dspy
 
 
@@ -327,6 +347,8 @@ def run_dspy(
         raise ValueError(method)
     train_seconds = time.perf_counter() - started
     train_calls = len(lm.history)
+    test_lm = dspy.LM(MODEL, cache=True, temperature=0.0, max_tokens=96, num_retries=1, **extra)
+    compiled.set_lm(test_lm)  # test calls through the shared cache; training calls were not
     correct = 0.0
     for example in test:
         try:
@@ -378,15 +400,16 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     with_dspy = dspy_available() and not args.no_dspy
     if not with_dspy:
         print("DSPy is not installed: its rows are skipped.", file=sys.stderr)
+    # Seed-major: if the run is stopped early, every method has its first seeds.
     for dataset in args.datasets:
         data = splits(dataset, args.train, args.val, args.test)
         methods = [m for m in args.methods if with_dspy or not m.startswith("dspy")]
-        for method in methods:
-            if method == "zero-shot":
-                rows.append(run_one(dataset, method, None, 0, data))
-                continue
-            for seed in args.seeds:
-                if method in NO_SEARCH or method in FIXED_BUDGET:
+        for seed in args.seeds:
+            for method in methods:
+                if method == "zero-shot":
+                    if seed == args.seeds[0]:  # deterministic: one run
+                        rows.append(run_one(dataset, method, None, 0, data))
+                elif method in NO_SEARCH or method in FIXED_BUDGET:
                     rows.append(run_one(dataset, method, None, seed, data))
                 else:
                     for budget in args.budgets:
