@@ -32,8 +32,10 @@ class InstructionOptimizer(PopulationOptimizer):
 
     For every trainable generator, the proposer LM sees the current instructions, the best
     scored instructions tried so far, and up to ``num_examples`` good and bad examples from the
-    batch (inputs, the program's output, the expected output, the reward). Each proposal is
-    scored on the batch against the current instructions (paired), and kept only if better.
+    batch (inputs, the program's output, the expected output, the reward). Each proposal races
+    the current instructions on paired per-example evidence and replaces them only when it
+    wins (see :class:`~promptfit.optimizers.PopulationOptimizer`); proposals are LM calls and
+    count towards ``max_lm_calls``.
 
     Args:
         language_model: The proposer.

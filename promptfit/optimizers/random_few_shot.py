@@ -21,10 +21,10 @@ class RandomFewShot(PopulationOptimizer):
     """Pick few-shot examples for every trainable generator from high-reward predictions.
 
     After each training batch, the generator inputs and outputs of every example whose reward
-    reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Then
-    ``num_candidates`` example sets of ``k`` demonstrations are sampled, each scored on the
-    same batch, and the program moves to the best one only if it beats the current variables
-    on that batch.
+    reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Example
+    sets of ``k`` demonstrations are sampled as challengers (up to ``num_candidates`` racing at
+    a time, scored concurrently); one replaces the current variables only when it wins its
+    race (see :class:`~promptfit.optimizers.PopulationOptimizer`).
 
     Args:
         k: Examples per generator.
