@@ -400,20 +400,24 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     with_dspy = dspy_available() and not args.no_dspy
     if not with_dspy:
         print("DSPy is not installed: its rows are skipped.", file=sys.stderr)
-    # Seed-major: if the run is stopped early, every method has its first seeds.
+    # Seed-major, then budget-major, slow methods last: if the run is stopped early, every
+    # main method has its first seeds at the smaller budget.
     for dataset in args.datasets:
         data = splits(dataset, args.train, args.val, args.test)
         methods = [m for m in args.methods if with_dspy or not m.startswith("dspy")]
         for seed in args.seeds:
             for method in methods:
-                if method == "zero-shot":
-                    if seed == args.seeds[0]:  # deterministic: one run
-                        rows.append(run_one(dataset, method, None, 0, data))
-                elif method in NO_SEARCH or method in FIXED_BUDGET:
+                if method == "zero-shot" and seed == 0:  # deterministic: one run
+                    rows.append(run_one(dataset, method, None, 0, data))
+                elif method in NO_SEARCH and method != "zero-shot":
                     rows.append(run_one(dataset, method, None, seed, data))
-                else:
-                    for budget in args.budgets:
+            for budget in args.budgets:
+                for method in methods:
+                    if method in SEARCH:
                         rows.append(run_one(dataset, method, budget, seed, data))
+            for method in methods:
+                if method in FIXED_BUDGET:
+                    rows.append(run_one(dataset, method, None, seed, data))
     return rows
 
 
