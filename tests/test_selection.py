@@ -55,11 +55,13 @@ def test_a_challenger_that_is_no_better_is_rejected_in_90_percent_of_races(
 
 
 def test_candidates_are_scored_concurrently() -> None:
-    """4 challengers x 8 examples: 32 requests in flight at once, not 8."""
+    """4 challengers x 8 examples: up to 32 requests in flight at once; one after another, a
+    step could never have more than one batch (8) in flight. (Not ``== 32``: on a loaded
+    machine the first replies can arrive before the client has sent the last requests.)"""
 
     async def run(server: FakeLLMServer) -> None:
         lm = pf.LanguageModel(
-            model=FakeLLMServer.model("arith", min_examples=2, latency_ms=200, tag="concurrency"),
+            model=FakeLLMServer.model("arith", min_examples=2, latency_ms=1000, tag="concurrency"),
             api_base=server.base_url,
             api_key="sk-test",
             cache=False,
@@ -78,7 +80,7 @@ def test_candidates_are_scored_concurrently() -> None:
 
     with FakeLLMServer() as server:
         asyncio.run(run(server))
-        assert server.stats()["max_in_flight"] == 32
+        assert 8 < server.stats()["max_in_flight"] <= 32
 
 
 def test_each_epoch_ends_on_the_best_validated_candidate(
