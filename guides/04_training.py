@@ -6,16 +6,22 @@ with prompts in place of weights. Per training batch:
 1. the program runs on every example of the batch, concurrently, recording what each
    generator received and produced (its *trace*);
 2. the reward scores each prediction;
-3. the **optimizer** proposes new values for the trainable variables (few-shot examples,
-   instructions), scores each candidate on the *same* batch, and moves only if a candidate
-   beats the current variables there. Comparing on the same batch (a paired comparison) keeps
-   an easy batch from flattering a candidate;
+3. the **optimizer** proposes challengers (new few-shot examples or instructions) and scores
+   all of them on the *same* batch at once. Each challenger *races* the current variables
+   over successive batches: per example, did it earn more reward or less? It replaces them
+   only when a sign test on those paired wins and losses says it is better at 95 %
+   confidence (``confidence=``), so a challenger that is merely lucky on one batch does not
+   win. Pairing on the same examples keeps an easy batch from flattering a candidate;
 4. callbacks see ``on_train_batch_end`` with the running logs.
 
-After each epoch the validation data is evaluated (``val_*`` keys) and ``on_epoch_end``
-fires. ``fit`` returns a ``History``, as in Keras.
+After each epoch, with validation data, the optimizer scores the epoch's winners and the
+challengers still leading their race on the validation set and keeps the best; then the
+validation data is evaluated (``val_*`` keys) and ``on_epoch_end`` fires, so
+``EarlyStopping`` and ``ProgramCheckpoint`` see the chosen variables. ``fit`` returns a
+``History``, as in Keras. ``max_lm_calls=`` on any optimizer bounds every LM call of the fit
+(training, proposals, scoring, validation): that is how two optimizers are compared fairly.
 
-Two optimizers ship with promptfit:
+Three optimizers ship with promptfit:
 
 * ``RandomFewShot(k=...)`` collects demonstrations from predictions that earned full reward
   (and, with ``use_labels=True``, from your labelled pairs), then tries random sets of ``k``
@@ -23,6 +29,11 @@ Two optimizers ship with promptfit:
 * ``InstructionOptimizer(language_model=...)`` shows a *proposer* LM the current instructions,
   the scores of earlier ones, and good and bad examples, and asks for better instructions
   (in the spirit of OPRO/GEPA). Use it when the task needs telling, not showing.
+* ``BootstrapFewShot(...)`` (DSPy's ``BootstrapFewShotWithRandomSearch``): runs the program,
+  or a stronger ``teacher`` (a program or a language model), keeps the whole-program runs that
+  reached ``min_reward``, and gives *every* generator -- intermediate steps too -- the inputs
+  and outputs it saw in those runs as demonstrations, mixed with labelled pairs where a
+  generator maps ``x`` to ``y``. Demonstration sets are searched with the races above.
 
 ``seed=`` fixes shuffling and the optimizer's random choices: with a deterministic model the
 same seed reproduces the run exactly. Every LM call of the run (program, reward judge,
@@ -127,6 +138,27 @@ async def main() -> None:
     print(
         "validation_split=0.25 ->", {k: v[-1] for k, v in history.history.items() if "reward" in k}
     )
+
+    section("7. BootstrapFewShot: a teacher and a budget")
+    # The student needs two examples; the teacher (the same model without that handicap on
+    # the fake backend) answers right at once. Its successful runs become demonstrations.
+    teacher = language_model("arith")
+    optimizer = pf.optimizers.BootstrapFewShot(
+        max_bootstrapped_demos=2, max_labeled_demos=2, teacher=teacher, max_lm_calls=60
+    )
+    program = await calculator(language_model("arith", min_examples=2), optimizer=optimizer)
+    history = await program.fit(
+        x_train, y_train, epochs=10, batch_size=4, validation_data=(x_val, y_val), seed=0, verbose=0
+    )
+    calls = sum(history.history["lm_calls"])
+    print("bootstrapped demonstrations:", {k: len(v) for k, v in optimizer.bootstrapped.items()})
+    print("races won / lost           :", optimizer.decisions)
+    print(f"LM calls                   : {calls} of max_lm_calls=60 (teacher's included)")
+    print("epochs run                 :", len(history.epoch), "of 10")
+    print("budget ended the fit       :", optimizer.budget_exhausted)
+    print("val_reward                 :", history.history["val_reward"])
+    examples = program.get_variables()["solver/prompt"]["examples"]
+    print("demonstrations kept        :", [e["inputs"]["question"] for e in examples])
 
 
 if __name__ == "__main__":

@@ -417,13 +417,39 @@ def test_calls_paid_after_the_last_backup_are_neither_paid_nor_counted_twice(
     assert paid <= sent <= paid + 2
 
 
+def test_sigkill_mid_search_resumes_the_same_search(
+    llm_server: FakeLLMServer, fork_server: ForkServer, tmp_path: Path
+) -> None:
+    """BootstrapFewShot with a teacher, killed while challengers are racing (open races,
+    bootstrapped pools, validated candidates in the backup): the resumed run ends exactly as
+    the uninterrupted one, optimizer state included."""
+    url = llm_server.base_url
+    reference = asyncio.run(
+        fit_script.run(url, tmp_path / "reference", save_freq=1, optimizer="bootstrap")
+    )
+    args = ("--save-freq", "1", "--optimizer", "bootstrap")
+    run = Run(fork_server, url, tmp_path / "mid", *args)
+    _kill_when([(run, lambda s: s["step"] >= 1 and bool(s["optimizer"]["races"]))])
+    assert run.killed_at is not None and run.killed_at["optimizer"]["races"]
+    assert run.killed_at["optimizer"]["bootstrapped"]
+    Run(fork_server, url, tmp_path / "mid", *args).finish()
+    result = json.loads((tmp_path / "mid" / "result.json").read_text())
+    assert result["variables"] == reference["variables"]
+    assert result["optimizer"] == reference["optimizer"]
+    assert result["epochs"] == reference["epochs"]
+    assert _columns(result["history"]) == _columns(reference["history"])
+
+
 # --------------------------------------------------------------------------------------
 # in-process crashes
 # --------------------------------------------------------------------------------------
 
 
 def test_integer_save_freq_resumes_mid_epoch(
-    build: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    build: Callable[..., Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     backup_dir = tmp_path / "backup"
 
@@ -438,8 +464,12 @@ def test_integer_save_freq_resumes_mid_epoch(
         history = await _fit(program, callbacks, epochs=4)
         return history, program, tag
 
+    # The uninterrupted run and the crashed lineage each start from an empty response cache,
+    # as two separate users would; the crash and its resume share theirs.
+    monkeypatch.setenv("PROMPTFIT_CACHE_DIR", str(tmp_path / "reference-cache"))
     reference, ref_program, _ = asyncio.run(run(None))
     assert not backup_dir.exists()
+    monkeypatch.setenv("PROMPTFIT_CACHE_DIR", str(tmp_path / "crashed-cache"))
 
     crash = CrashAt(global_step=5)  # 3 batches per epoch: epoch 1, after its 2nd batch
     with pytest.raises(Boom):

@@ -51,6 +51,11 @@ def _model(schema: dict[str, Any], defs: dict[str, Any], title: str) -> type[Dat
     required = set(schema.get("required", []))
     fields: dict[str, Any] = {}
     for field_name, prop in schema.get("properties", {}).items():
+        if not isinstance(field_name, str) or not field_name.isidentifier() or field_name[0] == "_":
+            # pydantic (and every prompt that names the field) needs a public identifier.
+            raise SerializationError(
+                f"Field name {field_name!r} in a data model schema is not a public identifier."
+            )
         annotation = _annotation(prop, defs, field_name.title())
         kwargs: dict[str, Any] = {}
         if "description" in prop:
@@ -67,7 +72,16 @@ def data_model_from_schema(schema: dict[str, Any]) -> type[DataModel]:
     """Build a :class:`DataModel` class from a JSON schema (data only, no code)."""
     if not isinstance(schema, dict) or schema.get("type", "object") != "object":
         raise SerializationError("A data model schema must be a JSON object schema.")
-    return _model(schema, schema.get("$defs", {}), schema.get("title", "DataModel"))
+    model = _model(schema, schema.get("$defs", {}), schema.get("title", "DataModel"))
+    try:
+        # Every prompt renders the schema back: a schema pydantic cannot render again (odd
+        # names, references) must fail here, at load, not in the first LM call.
+        model.model_json_schema()
+    except Exception as error:
+        raise SerializationError(
+            f"A data model schema cannot be used ({type(error).__name__}: {str(error)[:200]})."
+        ) from error
+    return model
 
 
 def resolve_data_model(name: str, schema: dict[str, Any]) -> type[DataModel]:

@@ -126,7 +126,13 @@ class ResponseCache:
                 # Files written before the size bound existed gain its bookkeeping columns.
                 for column, kind in (("size", "INTEGER DEFAULT 0"), ("used", "REAL DEFAULT 0")):
                     if column not in columns:
-                        db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
+                        try:
+                            db.execute(f"ALTER TABLE responses ADD COLUMN {column} {kind}")
+                        except sqlite3.OperationalError as error:
+                            # Another connection (process, or LM sharing the file) added it
+                            # between our look and our ALTER.
+                            if "duplicate column" not in str(error):
+                                raise
                 db.execute("CREATE INDEX IF NOT EXISTS responses_used ON responses (used)")
             except BaseException:
                 db.close()

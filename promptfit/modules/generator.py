@@ -21,6 +21,7 @@ from promptfit.language_models.language_model import LanguageModel
 from promptfit.language_models.request import build_messages, render_system
 from promptfit.modules.module import Module, SymbolicDataModel
 from promptfit.training.traces import _TRACES, record_trace
+from promptfit.variables.overrides import language_model_override, variable_override
 
 __all__ = ["Generator", "data_model_config"]
 
@@ -114,6 +115,7 @@ class Generator(Module):
             schema=_prompt_schema(self.name, None, self.output_data_model),
         )
         self._rendered: tuple[int, str, list[tuple[dict[str, Any], dict[str, Any]]]] | None = None
+        self._override_renders: dict[int, tuple[Any, str, list[Any]]] = {}
         if input_data_model is not None:
             self.build(input_data_model)
 
@@ -145,6 +147,9 @@ class Generator(Module):
         return self.output_data_model
 
     def _render(self) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+        override = variable_override(self.prompt.path)
+        if override is not None:
+            return self._render_override(override)
         version = self.prompt.version
         if self._rendered is None or self._rendered[0] != version:
             value = self.prompt.value
@@ -152,6 +157,23 @@ class Generator(Module):
             pairs = [(ex["inputs"], ex["outputs"]) for ex in value["examples"]]
             self._rendered = (version, system, pairs)
         return self._rendered[1], self._rendered[2]
+
+    def _render_override(
+        self, value: dict[str, Any]
+    ) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+        """Render a candidate's prompt (an optimizer scoring it), cached per candidate object.
+
+        The cache keeps a reference to each value, so an ``id`` is never reused while cached.
+        """
+        cached = self._override_renders.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1], cached[2]
+        if len(self._override_renders) >= 64:
+            self._override_renders.clear()
+        system = render_system(value["instructions"], json_schema_text(self.output_data_model))
+        pairs = [(ex["inputs"], ex["outputs"]) for ex in value["examples"]]
+        self._override_renders[id(value)] = (value, system, pairs)
+        return system, pairs
 
     def messages(self, inputs: DataModel) -> list[dict[str, str]]:
         """The chat messages this generator sends for ``inputs`` (for inspection and tests)."""
@@ -175,7 +197,8 @@ class Generator(Module):
                 f"got {type(value).__name__}."
             )
         inputs_json = value.model_dump(mode="json")
-        generation = await self.language_model.generate(
+        language_model = language_model_override() or self.language_model
+        generation = await language_model.generate(
             build_messages(system, pairs, inputs_json), self.output_data_model
         )
         output = generation.value

@@ -32,14 +32,21 @@ class InstructionOptimizer(PopulationOptimizer):
 
     For every trainable generator, the proposer LM sees the current instructions, the best
     scored instructions tried so far, and up to ``num_examples`` good and bad examples from the
-    batch (inputs, the program's output, the expected output, the reward). Each proposal is
-    scored on the batch against the current instructions (paired), and kept only if better.
+    batch (inputs, the program's output, the expected output, the reward). Each proposal races
+    the current instructions on paired per-example evidence and replaces them only when it
+    wins (see :class:`~promptfit.optimizers.PopulationOptimizer`); proposals are LM calls and
+    count towards ``max_lm_calls``.
 
     Args:
         language_model: The proposer.
         num_candidates: Proposals scored per batch.
         num_examples: Good and bad examples shown (each).
         population_size: Scored candidates kept.
+        confidence: 1 - the chance that a challenger which is in truth no better replaces the
+            current variables (see :class:`~promptfit.optimizers.PopulationOptimizer`).
+        max_looks: Training batches a challenger may race before it is dropped.
+        max_lm_calls: Most LM calls the whole fit may make (proposals and scoring
+            included), or ``None``.
         seed: RNG seed.
 
     Example:
@@ -57,9 +64,19 @@ class InstructionOptimizer(PopulationOptimizer):
         num_candidates: int = 1,
         num_examples: int = 3,
         population_size: int = 10,
+        confidence: float = 0.95,
+        max_looks: int = 5,
+        max_lm_calls: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__(num_candidates=num_candidates, population_size=population_size, seed=seed)
+        super().__init__(
+            num_candidates=num_candidates,
+            population_size=population_size,
+            confidence=confidence,
+            max_looks=max_looks,
+            max_lm_calls=max_lm_calls,
+            seed=seed,
+        )
         self.language_model = language_model
         self.num_examples = num_examples
         self._system = render_system(_META_INSTRUCTIONS, json_schema_text(InstructionProposal))

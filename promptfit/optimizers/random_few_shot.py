@@ -21,16 +21,21 @@ class RandomFewShot(PopulationOptimizer):
     """Pick few-shot examples for every trainable generator from high-reward predictions.
 
     After each training batch, the generator inputs and outputs of every example whose reward
-    reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Then
-    ``num_candidates`` example sets of ``k`` demonstrations are sampled, each scored on the
-    same batch, and the program moves to the best one only if it beats the current variables
-    on that batch.
+    reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Example
+    sets of ``k`` demonstrations are sampled as challengers (up to ``num_candidates`` racing at
+    a time, scored concurrently); one replaces the current variables only when it wins its
+    race (see :class:`~promptfit.optimizers.PopulationOptimizer`).
 
     Args:
         k: Examples per generator.
         min_reward: Lowest reward for a prediction to become a demonstration.
         num_candidates: Example sets tried per batch.
         population_size: Scored candidates kept.
+        confidence: 1 - the chance that a challenger which is in truth no better replaces the
+            current variables (see :class:`~promptfit.optimizers.PopulationOptimizer`).
+        max_looks: Training batches a challenger may race before it is dropped.
+        max_lm_calls: Most LM calls the whole fit may make (proposals and scoring
+            included), or ``None``.
         max_pool: Demonstrations kept per generator (oldest dropped first).
         use_labels: Also use the labelled ``(x, y)`` pair of an example the program got
             wrong, for a generator that reads ``x`` and whose output model accepts ``y``
@@ -53,9 +58,19 @@ class RandomFewShot(PopulationOptimizer):
         population_size: int = 10,
         max_pool: int = 256,
         use_labels: bool = True,
+        confidence: float = 0.95,
+        max_looks: int = 5,
+        max_lm_calls: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__(num_candidates=num_candidates, population_size=population_size, seed=seed)
+        super().__init__(
+            num_candidates=num_candidates,
+            population_size=population_size,
+            confidence=confidence,
+            max_looks=max_looks,
+            max_lm_calls=max_lm_calls,
+            seed=seed,
+        )
         check_int("k", k, minimum=1)
         check_number("min_reward", min_reward, minimum=0.0)
         check_int("max_pool", max_pool, minimum=1)

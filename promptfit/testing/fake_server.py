@@ -44,6 +44,10 @@ Options (all optional):
 * ``seed`` (int, 0) -- seed for the deterministic ``*_rate`` decisions.
 * ``min_examples`` (int, 0) -- skill gate: fewer few-shot examples -> wrong answers.
 * ``hint`` (str) -- skill gate: word missing from the system message -> wrong answers.
+* ``accuracy`` (float, 1) -- skill gate: each (whole prompt, seed) is answered right with
+  this probability, decided deterministically from sha256 of the prompt. Two different
+  prompts then have the *same* accuracy but independent mistakes: the null case a search
+  optimizer must not mistake for an improvement.
 * ``text`` (str) -- base text of the ``propose`` brain.
 * ``tag`` (str) -- ignored; makes otherwise identical model names distinct.
 
@@ -170,6 +174,7 @@ class ModelSpec:
     seed: int = 0
     min_examples: int = 0
     hint: str | None = None
+    accuracy: float = 1.0
     text: str = DEFAULT_PROPOSAL
     tag: str = ""
 
@@ -221,6 +226,7 @@ _OPTION_PARSERS: dict[str, Any] = {
     "seed": int,
     "min_examples": _parse_non_negative_int,
     "hint": str,
+    "accuracy": _parse_probability,
     "text": str,
     "tag": str,
 }
@@ -614,6 +620,8 @@ def _gate_failed(req: _Request, fields: _Fields) -> bool:
     """
     spec = req.spec
     if spec.hint is not None and spec.hint.lower() not in req.system.lower():
+        return True
+    if spec.accuracy < 1.0 and _unit_float("accuracy", req.prompt, str(spec.seed)) >= spec.accuracy:
         return True
     if spec.min_examples > 0:
         return count_examples(req.prompt, fields.schema) < spec.min_examples

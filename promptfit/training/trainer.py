@@ -542,6 +542,7 @@ class Trainer:
                     call_origin.set(state.origin(epoch, "val"))
                     # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
                     val_logs = await self._evaluate_loop(val_xs, val_ys, val_batches, cbs)
+                    await optimizer.on_validation_end(val_logs)  # selection on validation
                     epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
                     for key in USAGE_KEYS:
                         epoch_logs[key] += val_logs[key]

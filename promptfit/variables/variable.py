@@ -15,6 +15,7 @@ from typing import Any
 import pydantic
 
 from promptfit.errors import VariableValidationError
+from promptfit.variables.overrides import variable_override
 
 __all__ = ["Variable"]
 
@@ -69,8 +70,13 @@ class Variable:
 
     @property
     def value(self) -> dict[str, Any]:
-        """The current value. Treat it as read-only; change it with :meth:`assign`."""
-        return self._value
+        """The current value. Treat it as read-only; change it with :meth:`assign`.
+
+        Inside :func:`~promptfit.variables.overrides.override_variables` (an optimizer scoring
+        a candidate), the candidate's value for this variable's path is returned instead.
+        """
+        override = variable_override(self.path)
+        return self._value if override is None else override
 
     def assign(self, value: Any) -> None:
         """Validate ``value`` and make it the variable's value.

@@ -9,6 +9,7 @@ Usage::
 
     python tests/_scripts/fit_script.py BASE_URL WORKDIR [--save-freq epoch|N]
         [--epochs 6] [--latency-ms 20] [--seed 7] [--double-checkpoint]
+        [--optimizer random|bootstrap]
 
 or, to pay the slow ``import promptfit`` once for many runs, as a fork server::
 
@@ -80,7 +81,24 @@ def early_stopping() -> Any:
     return None
 
 
-async def build(base_url: str, latency_ms: float) -> pf.Program:
+def _optimizer(name: str, base_url: str, latency_ms: float) -> pf.optimizers.Optimizer:
+    """``random``: RandomFewShot(k=2). ``bootstrap``: BootstrapFewShot with a teacher LM that
+    needs no examples; with batches of 2, races stay open over several batches (mid-search)."""
+    if name == "random":
+        return pf.optimizers.RandomFewShot(k=2)
+    teacher = pf.LanguageModel(
+        model=FakeLLMServer.model("arith", latency_ms=latency_ms, tag="resume-teacher"),
+        api_base=base_url,
+        api_key="sk-fake",
+        cache=False,
+        max_retries=0,
+    )
+    return pf.optimizers.BootstrapFewShot(
+        max_bootstrapped_demos=2, max_labeled_demos=1, teacher=teacher, num_candidates=2
+    )
+
+
+async def build(base_url: str, latency_ms: float, optimizer: str = "random") -> pf.Program:
     lm = pf.LanguageModel(
         model=FakeLLMServer.model("arith", min_examples=2, latency_ms=latency_ms, tag="resume"),
         api_base=base_url,
@@ -94,7 +112,7 @@ async def build(base_url: str, latency_ms: float) -> pf.Program:
     program = pf.Program(inputs=inputs, outputs=outputs, name="calc")
     program.compile(
         reward=pf.rewards.ExactMatch(in_mask=["answer"]),
-        optimizer=pf.optimizers.RandomFewShot(k=2),
+        optimizer=_optimizer(optimizer, base_url, latency_ms),
         metrics=[pf.metrics.Accuracy(in_mask=["answer"])],
     )
     return program
@@ -110,11 +128,12 @@ async def run(
     seed: int = 7,
     double_checkpoint: bool = False,
     use_backup: bool = True,
+    optimizer: str = "random",
 ) -> dict[str, Any]:
     """Train once and write (and return) ``WORKDIR/result.json``."""
     workdir = Path(workdir)
     os.environ["PROMPTFIT_CACHE_DIR"] = str(workdir / "cache")
-    program = await build(base_url, latency_ms)
+    program = await build(base_url, latency_ms, optimizer)
     # Small on purpose (every LM call costs test time): 2 batches per epoch, 2 validation rows.
     xs, ys = data(4)
     callbacks: list[Any] = [CSVLogger(workdir / "log.csv")]
@@ -161,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--double-checkpoint", action="store_true")
+    parser.add_argument("--optimizer", choices=["random", "bootstrap"], default="random")
     args = parser.parse_args(argv)
     save_freq: str | int = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
     asyncio.run(
@@ -172,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             seed=args.seed,
             double_checkpoint=args.double_checkpoint,
+            optimizer=args.optimizer,
         )
     )
     print(json.dumps({"done": True}), flush=True)
