@@ -14,6 +14,12 @@ from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query
 
 
+@pytest.fixture(params=["litellm", "http"])
+def lm_transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both transports: their behaviour must be identical."""
+    return str(request.param)
+
+
 def _messages(lm_program: pf.Generator, question: str = "What is 2 + 3?") -> list[dict[str, str]]:
     return lm_program.messages(Query(question=question))
 
@@ -252,3 +258,111 @@ def test_backoff_grows_across_retries(make_lm: Callable[..., pf.LanguageModel]) 
     assert lm.usage.retries == 3
     # 0.1 + 0.2 + 0.4 (plus jitter) when the backoff doubles from the bare first attempt.
     assert elapsed >= 0.65
+
+
+def test_the_transport_asked_for_is_used(
+    make_lm: Callable[..., pf.LanguageModel], lm_transport: str
+) -> None:
+    lm = make_lm("arith")
+    assert lm.transport == lm_transport
+    assert lm.get_config()["transport"] == lm_transport
+
+
+def test_usage_of_a_model_without_a_price_costs_nothing(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", lm_kwargs={"cache": False})
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is not None
+    assert lm.usage.cost == 0.0
+    assert lm.usage.prompt_tokens > 0
+
+
+def test_both_transports_count_the_same_usage(llm_server: FakeLLMServer) -> None:
+    usages = []
+    for transport in ("litellm", "http"):
+        lm = pf.LanguageModel(
+            model=FakeLLMServer.model("arith", tag=f"same-usage-{transport}"),
+            api_base=llm_server.base_url,
+            api_key="sk-test",
+            cache=False,
+            transport=transport,  # type: ignore[arg-type]
+        )
+        result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+        assert result.value is not None and result.value.answer == "5"
+        usages.append(lm.usage.as_dict())
+    assert usages[0] == usages[1]
+
+
+def test_a_timeout_is_retried_then_recorded(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith", latency_ms=600, lm_kwargs={"timeout": 0.1, "max_retries": 1})
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    # The server counts a request when it answers: let the abandoned ones finish, so they
+    # are not counted during a later test.
+    time.sleep(0.7)
+    assert result.value is None
+    assert result.error and result.error.startswith("Timeout")
+    assert lm.usage.retries == 1 and lm.usage.calls == 2 and lm.usage.failed_calls == 1
+
+
+def test_an_unreachable_server_is_retried_then_recorded(lm_transport: str) -> None:
+    lm = pf.LanguageModel(
+        model="openai/nobody",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="x",
+        cache=False,
+        max_retries=1,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+        transport=lm_transport,  # type: ignore[arg-type]
+    )
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    # litellm maps the openai SDK's connection error to InternalServerError; so does "http".
+    assert result.error and result.error.startswith("InternalServerError")
+    assert "Connection error" in result.error
+    assert lm.usage.retries == 1 and lm.usage.failed_calls == 1
+
+
+def test_a_missing_key_stops_at_once(
+    llm_server: FakeLLMServer, lm_transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lm = pf.LanguageModel(
+        model=FakeLLMServer.model("arith"),
+        api_base=llm_server.base_url,
+        cache=False,
+        transport=lm_transport,  # type: ignore[arg-type]
+    )
+    with pytest.raises(LMConfigurationError):
+        asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+
+
+def test_auto_picks_litellm_wherever_the_lean_path_could_differ() -> None:
+    def transport(**kwargs: object) -> str:
+        return pf.LanguageModel(**kwargs).transport  # type: ignore[arg-type]
+
+    base = "http://127.0.0.1:9/v1"
+    assert transport(model="openai/my-model", api_base=base) == "http"
+    assert transport(model="openai/my-model", api_base=base, top_p=0.5) == "http"
+    # litellm prices this model: its cost accounting (tiers, cached tokens) stays litellm's.
+    assert transport(model="openai/gpt-4o-mini", api_base=base) == "litellm"
+    assert transport(model="openai/my-model") == "litellm"  # no api_base
+    assert transport(model="openai/my-model", api_base=base, extra_headers={"a": "b"}) == (
+        "litellm"
+    )
+    assert transport(model="ollama/llama3", api_base=base) == "litellm"
+    with pytest.raises(ConfigurationError, match="transport='http' cannot serve"):
+        pf.LanguageModel(model="ollama/llama3", api_base=base, transport="http")
+    with pytest.raises(ConfigurationError, match="`transport` must be one of"):
+        pf.LanguageModel(model="openai/x", transport="grpc")  # type: ignore[arg-type]
+
+
+def test_http_cost_uses_litellm_prices() -> None:
+    from promptfit.language_models._litellm import litellm
+    from promptfit.language_models.http_transport import token_cost
+
+    prompt, completion = litellm.cost_per_token(
+        model="gpt-4o-mini", prompt_tokens=1000, completion_tokens=500
+    )
+    assert token_cost("openai/gpt-4o-mini", 1000, 500) == pytest.approx(prompt + completion)
+    assert token_cost("openai/no-such-model", 1000, 500) == 0.0

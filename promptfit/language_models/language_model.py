@@ -1,10 +1,12 @@
 """The language model client: every LM call in promptfit goes through here.
 
-One :class:`LanguageModel` wraps one litellm model string. It bounds concurrency, caches replies
-by request, retries transient failures with bounded exponential backoff that honours
-``Retry-After``, validates replies against the requested data model, and counts usage. A call
-that still fails becomes a recorded failure (``None``), never a crash, except for errors that no
-retry can fix (bad key, unknown model), which stop the run at once with
+One :class:`LanguageModel` wraps one litellm model string. Its requests go through litellm, or, for
+an OpenAI-compatible server (``openai/<model>`` with ``api_base``), over the lean HTTP transport of
+:mod:`.http_transport`; everything else here is shared by both paths. It bounds concurrency, caches
+replies by request, retries transient failures with bounded exponential backoff that honours
+``Retry-After``, validates replies against the requested data model, and counts usage. A call that
+still fails becomes a recorded failure (``None``), never a crash, except for errors that no retry
+can fix (bad key, unknown model), which stop the run at once with
 :class:`~promptfit.errors.LMConfigurationError`.
 """
 
@@ -21,7 +23,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 import pydantic
@@ -29,7 +31,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from promptfit.data.data_model import json_schema_of
 from promptfit.errors import ConfigurationError, LMConfigurationError
-from promptfit.language_models._litellm import litellm
+from promptfit.language_models import http_transport as _http
+from promptfit.language_models._litellm import get_litellm, is_loaded
 from promptfit.language_models.cache import (
     ResponseCache,
     call_origin,
@@ -82,22 +85,47 @@ class Generation:
     cached: bool = False
 
 
-_TRANSIENT = (
-    litellm.RateLimitError,
-    litellm.Timeout,
-    litellm.APIConnectionError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-    litellm.BadGatewayError,
-)
-_FATAL = (litellm.AuthenticationError, litellm.NotFoundError, litellm.PermissionDeniedError)
+Transport = Literal["auto", "litellm", "http"]
+_TRANSPORTS: tuple[str, ...] = get_args(Transport)
+
+# The error classes of both transports, judged by the same rules. litellm's are added once it
+# is imported (before that, no exception can be one of them).
+_TRANSIENT: tuple[type[BaseException], ...] = (InvalidOutputError, *_http.TRANSIENT)
+_FATAL: tuple[type[BaseException], ...] = _http.FATAL
+_API_ERRORS: tuple[type[BaseException], ...] = (_http.TransportError,)
+_with_litellm = False
+
+
+def _error_classes() -> None:
+    global _TRANSIENT, _FATAL, _API_ERRORS, _with_litellm
+    if _with_litellm or not is_loaded():
+        return
+    litellm = get_litellm()
+    _TRANSIENT = (
+        *_TRANSIENT,
+        litellm.RateLimitError,
+        litellm.Timeout,
+        litellm.APIConnectionError,
+        litellm.InternalServerError,
+        litellm.ServiceUnavailableError,
+        litellm.BadGatewayError,
+    )
+    _FATAL = (
+        *_FATAL,
+        litellm.AuthenticationError,
+        litellm.NotFoundError,
+        litellm.PermissionDeniedError,
+    )
+    _API_ERRORS = (*_API_ERRORS, litellm.APIError)
+    _with_litellm = True
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (InvalidOutputError, *_TRANSIENT)):
+    _error_classes()
+    if isinstance(exc, _TRANSIENT):
         return True
     status = getattr(exc, "status_code", None)
-    return isinstance(exc, litellm.APIError) and isinstance(status, int) and status >= 500
+    return isinstance(exc, _API_ERRORS) and isinstance(status, int) and status >= 500
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -214,7 +242,7 @@ def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any
     """
     provider = litellm_kwargs.get("custom_llm_provider")
     try:
-        litellm.get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
+        get_litellm().get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
     except Exception as exc:
         raise LMConfigurationError(
             f"litellm cannot route model={model!r} "
@@ -256,6 +284,16 @@ class LanguageModel:
         structured_output_mode: Where ``"auto"`` starts: the mode an earlier negotiation
             settled on. ``get_config()`` saves it, so a loaded program does not negotiate again.
         name: A name for logs and saved files (defaults to ``model``).
+        transport: How requests travel. ``"litellm"``: through ``litellm.acompletion``, for
+            every provider. ``"http"``: straight to an OpenAI-compatible server over one
+            pooled aiohttp session (:mod:`.http_transport`), several times less CPU per call;
+            it needs ``model="openai/<served name>"`` and ``api_base``, and extra arguments
+            limited to plain body parameters (``top_p``, ``stop``, ``seed``...).
+            ``"auto"`` (default) picks ``"http"`` exactly when that applies *and* litellm's
+            price table does not know the model (a self-hosted model: cost 0 on both paths),
+            so nothing observable changes; otherwise litellm. Both paths share retries,
+            ``Retry-After``, the error classes (same names and statuses), structured-output
+            negotiation, the cache, spans, usage and timeouts.
         **litellm_kwargs: Extra keyword arguments passed to ``litellm.acompletion``.
 
     Example:
@@ -284,6 +322,7 @@ class LanguageModel:
         structured_output: StructuredOutput = "auto",
         structured_output_mode: OutputMode | None = None,
         name: str | None = None,
+        transport: Transport = "auto",
         **litellm_kwargs: Any,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -306,7 +345,29 @@ class LanguageModel:
         )
         if "api_key" in litellm_kwargs:
             raise ConfigurationError("Pass `api_key` as its own argument.")
-        if model.startswith("local/"):
+        if transport not in _TRANSPORTS:
+            raise ConfigurationError(
+                f"`transport` must be one of {', '.join(map(repr, _TRANSPORTS))}, "
+                f"got {transport!r}."
+            )
+        lean_refusal = _http.lean_path_possible(model, api_base, litellm_kwargs)
+        if transport == "http" and lean_refusal is not None:
+            raise ConfigurationError(
+                f"transport='http' cannot serve model={model!r}: {lean_refusal}. Use "
+                "model='openai/<served name>' with api_base='http://host:port/v1', or "
+                "transport='litellm'."
+            )
+        self.transport_setting: Transport = transport
+        self.transport: Literal["litellm", "http"] = (
+            "http"
+            if transport == "http"
+            or (transport == "auto" and lean_refusal is None and not _http.has_price(model))
+            else "litellm"
+        )
+        self._http: _http.HTTPTransport | None = None
+        if self.transport == "http":
+            self._http = _http.HTTPTransport(api_base or "", api_key, float(timeout))
+        elif model.startswith("local/"):
             from promptfit.language_models.local import register_local_provider
 
             register_local_provider(model)
@@ -388,6 +449,7 @@ class LanguageModel:
             "structured_output": self.structured_output,
             "structured_output_mode": self._mode if settled else None,
             "name": self.name,
+            "transport": self.transport_setting,
             **{k: v for k, v in self.litellm_kwargs.items() if _is_jsonable(v)},
         }
 
@@ -721,6 +783,7 @@ class LanguageModel:
         Raises:
             LMConfigurationError: bad credentials, unknown model, no permission.
         """
+        _error_classes()
         if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
             raise LMConfigurationError(
                 f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
@@ -731,9 +794,11 @@ class LanguageModel:
     async def _attempt(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        if self._http is not None:
+            return await self._attempt_http(request, output_model)
         async with self._limiter():
             try:
-                response = await litellm.acompletion(
+                response = await get_litellm().acompletion(
                     **request,
                     api_key=self._api_key,
                     timeout=self.timeout,
@@ -757,6 +822,34 @@ class LanguageModel:
         )
         self._mode_works(mode_of(request))
         content = response.choices[0].message.content or ""
+        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
+
+    async def _attempt_http(
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """The lean path's ``_attempt``: same counting, same validation, same errors."""
+        async with self._limiter():
+            try:
+                content, prompt_tokens, completion_tokens = await self._http.complete(  # type: ignore[union-attr]
+                    request
+                )
+            except Exception:
+                add_usage(self, calls=1)
+                raise
+        cost = _http.token_cost(self.model, prompt_tokens, completion_tokens)
+        add_usage(
+            self,
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+        )
+        self._mode_works(mode_of(request))
+        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
+
+    @staticmethod
+    def _validate(content: str, output_model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
+        """The reply as ``output_model``, or :class:`InvalidOutputError` (retried)."""
         try:
             raw = parse_json_reply(content)
             value = output_model.model_validate(raw)
@@ -764,7 +857,7 @@ class LanguageModel:
             raise InvalidOutputError(
                 f"Reply does not match {output_model.__name__}: {str(exc)[:500]}"
             ) from exc
-        return value, (prompt_tokens, completion_tokens, cost)
+        return value
 
 
 def _is_jsonable(value: Any) -> bool:
