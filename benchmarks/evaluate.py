@@ -260,7 +260,6 @@ def dspy_evaluate(
     import dspy
 
     lm = dspy.LM(model, api_base=api_base, api_key=API_KEY, cache=False, temperature=0.0)
-    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
 
     class Solve(dspy.Signature):
         """Solve the arithmetic question. Reply with the number only."""
@@ -280,7 +279,9 @@ def dspy_evaluate(
         display_progress=False,
         provide_traceback=False,
     )
-    result = evaluate(program)
+    # dspy.context, not dspy.configure: each run is called from another worker thread.
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        result = evaluate(program)
     score = float(getattr(result, "score", result)) / 100.0
     return len(devset), score
 
@@ -418,6 +419,9 @@ async def bench(args: argparse.Namespace) -> int:
                 name: [r.__dict__ for r in s.runs] for name, s in series.items()
             }
 
+        if args.replicas:
+            out.append(await bench_replicas(args, xs, ys, log, wrong))
+
         # Cache-hit re-evaluation: one (untimed) evaluation fills the cache.
         cached = await build_program(make_lm("auto", args.concurrency[0], cache=True))
         await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
@@ -460,6 +464,66 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+async def bench_replicas(
+    args: argparse.Namespace,
+    xs: list[Query],
+    ys: list[Answer],
+    log: Callable[[str, Run], None],
+    wrong: list[str],
+) -> str:
+    """Throughput over 1, 2, 4... replicas of a server that serves 16 requests at once.
+
+    One ``LanguageModel(api_base=[...], max_concurrency=16, transport="http")``: 16 requests
+    per replica in flight, the server's own slot limit (``FakeLLMServer(max_concurrency=16)``)
+    making the rest wait, as vLLM's ``max_num_seqs`` would.
+    """
+    n, slots = len(xs), args.replica_slots
+    lines = [
+        f"replicas: {n} calls, each replica serves {slots} requests at once, latency "
+        f"{args.latency_ms:g} ms, LanguageModel(max_concurrency={slots}) per replica",
+        "",
+        "| replicas | wall (s) | calls per s | speed-up vs 1 replica | floor (s) | LM calls |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_wall: float | None = None
+    model = FakeLLMServer.model("arith", latency_ms=args.latency_ms)
+    for count in args.replicas:
+        servers = [FakeLLMServer(max_concurrency=slots).start() for _ in range(count)]
+        try:
+            lm = pf.LanguageModel(
+                model,
+                api_base=[s.base_url for s in servers],
+                api_key=API_KEY,
+                max_concurrency=slots,
+                cache=False,
+                timeout=TIMEOUT,
+                transport="http",
+            )
+            program = await build_program(lm)
+            warm_xs, warm_ys = make_dataset(2 * slots * count, seed=7)
+            await promptfit_evaluate(program, warm_xs, warm_ys, len(warm_xs))
+            series = Series(f"{count} replicas")
+            for repeat in range(args.repeats):
+                run = await _timed(
+                    lambda p=program: promptfit_evaluate(p, xs, ys, n), servers[0], 0
+                )
+                series.runs.append(run)
+                log(f"{count} replicas, repeat {repeat + 1}", run)
+                if run.calls != n:
+                    wrong.append(f"{count} replicas: {run.calls} calls")
+        finally:
+            for server in servers:
+                server.stop()
+        wall = series.median("wall")
+        base_wall = base_wall or wall
+        floor = -(-n // (slots * count)) * args.latency_ms / 1000
+        lines.append(
+            f"| {count} | {_fmt(wall)} | {n / wall:.0f} | {base_wall / wall:.2f} "
+            f"| {floor:.2f} | {int(series.median('calls'))} |"
+        )
+    return "\n".join(lines)
+
+
 def _load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -497,6 +561,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="idle seconds after each run before reading CPU time (background bookkeeping)",
     )
     parser.add_argument("--json", help="also write the raw numbers to this JSON file")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure throughput over these numbers of server replicas (e.g. 1 2 4)",
+    )
+    parser.add_argument(
+        "--replica-slots", type=int, default=16, help="requests each replica serves at once"
+    )
     parser.add_argument(
         "--no-dspy", dest="dspy", action="store_false", help="skip DSPy even if importable"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -366,3 +366,79 @@ def test_http_cost_uses_litellm_prices() -> None:
     )
     assert token_cost("openai/gpt-4o-mini", 1000, 500) == pytest.approx(prompt + completion)
     assert token_cost("openai/no-such-model", 1000, 500) == 0.0
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[FakeLLMServer]:
+    """A second replica of the test server (its own process and counters)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+def _replica_lm(
+    bases: list[str], lm_transport: str, tag: str, **kwargs: object
+) -> pf.LanguageModel:
+    options = {"cache": False, "max_retries": 0, "retry_min_wait": 0.01, "retry_max_wait": 0.02}
+    options.update(kwargs)
+    return pf.LanguageModel(
+        model=FakeLLMServer.model("arith", tag=tag, latency_ms=30),
+        api_base=bases,
+        api_key="sk-test",
+        transport=lm_transport,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _ask_many(lm: pf.LanguageModel, n: int) -> list[pf.language_models.Generation]:
+    gen = _gen(lm)
+
+    async def run() -> list[pf.language_models.Generation]:
+        return await asyncio.gather(
+            *(lm.generate(_messages(gen, f"What is {i} + 1?"), Answer) for i in range(n))
+        )
+
+    return asyncio.run(run())
+
+
+def test_replicas_share_the_requests_each_within_its_concurrency(
+    llm_server: FakeLLMServer, second_server: FakeLLMServer, lm_transport: str
+) -> None:
+    llm_server.reset()
+    second_server.reset()
+    lm = _replica_lm(
+        [llm_server.base_url, second_server.base_url],
+        lm_transport,
+        f"spread-{lm_transport}",
+        max_concurrency=3,
+    )
+    results = _ask_many(lm, 24)
+    assert [r.value.answer for r in results if r.value] == [str(i + 1) for i in range(24)]
+    first, second = llm_server.stats(), second_server.stats()
+    assert first["requests"] + second["requests"] == 24 == lm.usage.calls
+    assert first["requests"] >= 6 and second["requests"] >= 6
+    assert first["max_in_flight"] <= 3 and second["max_in_flight"] <= 3
+
+
+def test_a_dead_replica_fails_over_without_losing_a_call(
+    llm_server: FakeLLMServer, lm_transport: str
+) -> None:
+    llm_server.reset()
+    lm = _replica_lm(
+        ["http://127.0.0.1:9/v1", llm_server.base_url], lm_transport, f"dead-{lm_transport}"
+    )
+    results = _ask_many(lm, 8)
+    assert all(r.value is not None for r in results), [r.error for r in results]
+    assert lm.usage.failed_calls == 0 and lm.usage.retries == 0
+    # Every request sent is a call (the refused ones too); tokens only for the 8 replies.
+    assert llm_server.stats()["requests"] == 8
+    assert lm.usage.calls >= 8
+    single = _replica_lm([llm_server.base_url], lm_transport, f"dead-{lm_transport}")
+    _ask_many(single, 8)
+    assert lm.usage.prompt_tokens == single.usage.prompt_tokens
+    assert lm.usage.completion_tokens == single.usage.completion_tokens
+
+
+@pytest.mark.parametrize("api_base", [[], ["http://a/v1", "http://a/v1"], [1], 5])
+def test_bad_replica_lists_are_refused(api_base: object) -> None:
+    with pytest.raises(ConfigurationError, match="one per replica"):
+        pf.LanguageModel(model="openai/x", api_base=api_base)  # type: ignore[arg-type]
