@@ -28,18 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import cProfile
 import gc
 import json
 import os
 import platform
-import pstats
 import random
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,58 +206,88 @@ async def promptfit_evaluate(
     return int(logs["lm_calls"]), float(logs["reward"])
 
 
-class RecordedLiteLLM:
-    """Stand-in for ``litellm.acompletion`` replaying real replies (framework-only runs).
+async def bare_aiohttp(
+    url: str, requests: list[dict[str, Any]], concurrency: int, session: Any
+) -> int:
+    """The floor: the same request bodies POSTed by a bare aiohttp client, reply JSON parsed."""
+    semaphore = asyncio.Semaphore(concurrency)
+    bodies = [_body(r) for r in requests]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
 
-    It yields to the event loop once, like a request would, and returns the reply the server
-    gave to the same final user message. Used only for the diagnostic rows that isolate
-    promptfit's own CPU cost; the main table always goes through the real litellm.
-    """
+    async def one(body: dict[str, Any]) -> bool:
+        async with semaphore, session.post(url, json=body, headers=headers) as response:
+            data = json.loads(await response.text())
+        return bool(data["choices"][0]["message"]["content"])
 
-    def __init__(self) -> None:
-        self.replies: dict[str, Any] = {}
-
-    def recording(self) -> contextlib.AbstractContextManager[None]:
-        real = litellm.acompletion
-
-        async def record(**kwargs: Any) -> Any:
-            response = await real(**kwargs)
-            self.replies[kwargs["messages"][-1]["content"]] = response
-            return response
-
-        return _patched_acompletion(record)
-
-    def replaying(self) -> contextlib.AbstractContextManager[None]:
-        replies = self.replies
-
-        async def replay(**kwargs: Any) -> Any:
-            await asyncio.sleep(0)
-            return replies[kwargs["messages"][-1]["content"]]
-
-        return _patched_acompletion(replay)
+    return sum(await asyncio.gather(*(one(b) for b in bodies)))
 
 
-@contextlib.contextmanager
-def _patched_acompletion(fn: Callable[..., Awaitable[Any]]) -> Iterator[None]:
-    real = litellm.acompletion
-    litellm.acompletion = fn
+async def bare_httpx(
+    url: str, requests: list[dict[str, Any]], concurrency: int, client: Any
+) -> int:
+    """The same with httpx (the other candidate for the lean transport)."""
+    semaphore = asyncio.Semaphore(concurrency)
+    bodies = [_body(r) for r in requests]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def one(body: dict[str, Any]) -> bool:
+        async with semaphore:
+            response = await client.post(url, json=body, headers=headers)
+        data = json.loads(response.text)
+        return bool(data["choices"][0]["message"]["content"])
+
+    return sum(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def _body(request: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in request.items() if k != "api_base"}
+    body["model"] = body["model"].split("/", 1)[1]
+    return body
+
+
+def dspy_available() -> bool:
     try:
-        yield
-    finally:
-        litellm.acompletion = real
+        import dspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dspy_evaluate(
+    model: str, api_base: str, xs: list[Query], ys: list[Answer], threads: int
+) -> Any:
+    """DSPy ``Evaluate`` with ``num_threads`` threads on the same questions (cache off)."""
+    import dspy
+
+    lm = dspy.LM(model, api_base=api_base, api_key=API_KEY, cache=False, temperature=0.0)
+
+    class Solve(dspy.Signature):
+        """Solve the arithmetic question. Reply with the number only."""
+
+        question: str = dspy.InputField(desc="An arithmetic question")
+        answer: str = dspy.OutputField(desc="The numeric answer")
+
+    program = dspy.Predict(Solve)
+    devset = [
+        dspy.Example(question=x.question, answer=y.answer).with_inputs("question")
+        for x, y in zip(xs, ys, strict=True)
+    ]
+    evaluate = dspy.Evaluate(
+        devset=devset,
+        metric=lambda example, pred, trace=None: example.answer == str(pred.answer),
+        num_threads=threads,
+        display_progress=False,
+        provide_traceback=False,
+    )
+    # dspy.context, not dspy.configure: each run is called from another worker thread.
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        result = evaluate(program)
+    score = float(getattr(result, "score", result)) / 100.0
+    return len(devset), score
 
 
 def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
-
-
-@dataclass
-class Results:
-    raw: Series
-    pf_off: Series
-    pf_on: Series
-    raw_stub: Series
-    pf_stub: Series
 
 
 def _paired(a: Series, b: Series, attr: str) -> list[float]:
@@ -268,95 +295,49 @@ def _paired(a: Series, b: Series, attr: str) -> list[float]:
     return [getattr(x, attr) / getattr(y, attr) for x, y in zip(a.runs, b.runs, strict=True)]
 
 
-def render(args: argparse.Namespace, res: Results) -> tuple[str, dict[str, Any]]:
-    n = args.n
-    raw, pf_off, pf_on = res.raw, res.pf_off, res.pf_on
-    wall_ratio = pf_off.median("wall") / raw.median("wall")
-    framework_ms = (pf_off.median("cpu") - raw.median("cpu")) / n * 1000
-    paired_wall = statistics.median(_paired(pf_off, raw, "wall"))
-    paired_cpu_ms = statistics.median(
-        (p.cpu - r.cpu) / n * 1000 for p, r in zip(pf_off.runs, raw.runs, strict=True)
-    )
-    rows = [
-        ("raw litellm.acompletion", raw),
-        ("promptfit evaluate, cache off", pf_off),
-        ("promptfit evaluate, cache on (warm)", pf_on),
-    ]
+def render(n: int, concurrency: int, latency_ms: float, series: list[Series]) -> str:
+    floor = series[0]
     lines = [
-        "| run | wall (s) | CPU (s) | CPU per example (ms) | GC time (s) | full GCs | LM calls "
+        f"concurrency {concurrency}: {n} calls, server latency {latency_ms:g} ms, floor "
+        f"ceil(n / concurrency) x latency = {-(-n // concurrency) * latency_ms / 1000:.2f} s",
+        "",
+        "| client | wall (s) | CPU per call (ms) | wall / bare aiohttp (paired) | LM calls "
         "| server requests | reward |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, series in rows:
-        reward = series.runs[0].reward
+    for s in series:
+        reward = s.runs[0].reward
         lines.append(
-            f"| {name} | {_fmt(series.median('wall'))} | {_fmt(series.median('cpu'))} "
-            f"| {_fmt(series.median('cpu') / n * 1000, 2)} | {_fmt(series.median('gc_seconds'))} "
-            f"| {series.median('full_gcs'):g} "
-            f"| {int(series.median('calls'))} "
-            f"| {int(series.median('server_requests'))} "
+            f"| {s.name} | {_fmt(s.median('wall'))} | {_fmt(s.median('cpu') / n * 1000, 2)} "
+            f"| {statistics.median(_paired(s, floor, 'wall')):.2f} | {int(s.median('calls'))} "
+            f"| {int(s.median('server_requests'))} "
             f"| {'-' if reward is None else _fmt(reward, 3)} |"
         )
-    ok_wall = wall_ratio <= WALL_RATIO_TARGET
-    ok_cpu = framework_ms <= FRAMEWORK_CPU_TARGET_MS
-    stub_ms = (res.pf_stub.median("cpu") - res.raw_stub.median("cpu")) / n * 1000
-    lines += [
-        "",
-        "| metric | value | target |",
-        "|---|---:|---|",
-        f"| wall ratio promptfit/raw (ratio of medians) | {wall_ratio:.3f} "
-        f"| <= {WALL_RATIO_TARGET} ({'met' if ok_wall else 'missed'}) |",
-        f"| wall ratio promptfit/raw (median of paired repeats) | {paired_wall:.3f} "
-        f"| <= {WALL_RATIO_TARGET} ({'met' if paired_wall <= WALL_RATIO_TARGET else 'missed'}) |",
-        f"| framework CPU per call beyond litellm (medians) | {framework_ms:.3f} ms "
-        f"| <= {FRAMEWORK_CPU_TARGET_MS} ms ({'met' if ok_cpu else 'missed'}) |",
-        f"| framework CPU per call beyond litellm (median of paired repeats) "
-        f"| {paired_cpu_ms:.3f} ms | <= {FRAMEWORK_CPU_TARGET_MS} ms "
-        f"({'met' if paired_cpu_ms <= FRAMEWORK_CPU_TARGET_MS else 'missed'}) |",
-        f"| framework-only CPU per call, litellm replaced by replayed replies "
-        f"| {stub_ms:.3f} ms | diagnostic |",
-        f"| ideal wall: ceil(n / concurrency) x latency "
-        f"| {-(-n // args.concurrency) * args.latency_ms / 1000:.3f} s | |",
-    ]
-    summary = {
-        "n": n,
-        "concurrency": args.concurrency,
-        "latency_ms": args.latency_ms,
-        "repeats": args.repeats,
-        "batch_size": args.batch_size or n,
-        "wall_ratio": wall_ratio,
-        "wall_ratio_paired_median": paired_wall,
-        "framework_cpu_ms_per_call": framework_ms,
-        "framework_cpu_ms_per_call_paired_median": paired_cpu_ms,
-        "framework_only_cpu_ms_per_call": stub_ms,
-        "runs": {
-            series.name: [r.__dict__ for r in series.runs]
-            for series in (raw, pf_off, pf_on, res.raw_stub, res.pf_stub)
-        },
-    }
-    return "\n".join(lines), summary
+    return "\n".join(lines)
 
 
 async def bench(args: argparse.Namespace) -> int:
-    n, concurrency = args.n, args.concurrency
-    batch_size = args.batch_size or n
+    import aiohttp
+    import httpx
+
+    n = args.n
     xs, ys = make_dataset(n)
-    warm_xs, warm_ys = make_dataset(min(n, 2 * concurrency), seed=1)
-    res = Results(*(Series(name) for name in ("raw", "pf_off", "pf_on", "raw_stub", "pf_stub")))
-    recorder = RecordedLiteLLM()
+    out: list[str] = []
+    summary: dict[str, Any] = {"n": n, "latency_ms": args.latency_ms, "runs": {}}
+    wrong: list[str] = []
 
     def log(label: str, run: Run) -> None:
         print(
-            f"  {label}: wall {run.wall:.3f} s, cpu {run.cpu:.3f} s (gc {run.gc_seconds:.3f} s, "
-            f"{run.full_gcs} full), calls {run.calls}, server {run.server_requests}, "
-            f"reward {run.reward}",
+            f"  {label}: wall {run.wall:.3f} s, cpu {run.cpu:.3f} s, calls {run.calls}, "
+            f"server {run.server_requests}, reward {run.reward}",
             file=sys.stderr,
         )
 
     with FakeLLMServer() as srv:
         model = FakeLLMServer.model("arith", latency_ms=args.latency_ms)
+        url = srv.base_url.rstrip("/") + "/chat/completions"
 
-        def make_lm(cache: bool) -> pf.LanguageModel:
+        def make_lm(transport: str, concurrency: int, cache: bool = False) -> pf.LanguageModel:
             return pf.LanguageModel(
                 model,
                 api_base=srv.base_url,
@@ -364,87 +345,183 @@ async def bench(args: argparse.Namespace) -> int:
                 max_concurrency=concurrency,
                 cache=cache,
                 timeout=TIMEOUT,
+                transport=transport,  # type: ignore[arg-type]
             )
 
-        program = await build_program(make_lm(cache=False))
-        lm = program.language_models[0]
-        requests = raw_requests(program, lm, xs)
-        warm_requests = raw_requests(program, lm, warm_xs)
+        for concurrency in args.concurrency:
+            batch_size = args.batch_size or n
+            programs = {
+                t: await build_program(make_lm(t, concurrency)) for t in ("litellm", "http")
+            }
+            lm = programs["http"].language_models[0]
+            requests = raw_requests(programs["http"], lm, xs)
+            warm_xs, warm_ys = make_dataset(min(n, 2 * concurrency), seed=concurrency)
+            warm = raw_requests(programs["http"], lm, warm_xs)
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=concurrency), timeout=TIMEOUT
+            )
+            works: dict[str, Callable[[], Awaitable[tuple[int, float | None]]]] = {}
 
-        async def run_raw() -> tuple[int, float | None]:
-            return await raw_litellm(requests, concurrency), None
+            async def w_aiohttp(reqs: list[dict[str, Any]] = requests) -> tuple[int, None]:
+                return await bare_aiohttp(url, reqs, concurrency, session), None  # noqa: B023
 
-        async def run_pf() -> tuple[int, float | None]:
-            return await promptfit_evaluate(program, xs, ys, batch_size)
+            async def w_httpx(reqs: list[dict[str, Any]] = requests) -> tuple[int, None]:
+                return await bare_httpx(url, reqs, concurrency, client), None  # noqa: B023
 
-        # Warm up: imports, litellm's first-call setup, the HTTP connection pool.
-        await raw_litellm(warm_requests, concurrency)
-        await promptfit_evaluate(program, warm_xs, warm_ys, batch_size)
+            async def w_litellm(reqs: list[dict[str, Any]] = requests) -> tuple[int, None]:
+                return await raw_litellm(reqs, concurrency), None  # noqa: B023
 
-        # The comparison: the same n requests, alternating which side goes first.
+            works["bare aiohttp client (same requests)"] = w_aiohttp
+            works["bare httpx client (same requests)"] = w_httpx
+            works["raw litellm.acompletion"] = w_litellm
+            for transport, program in programs.items():
+
+                async def w_pf(p: pf.Program = program) -> tuple[int, float | None]:
+                    return await promptfit_evaluate(p, xs, ys, batch_size)  # noqa: B023
+
+                works[f"promptfit evaluate, transport={transport!r}"] = w_pf
+            if args.dspy and dspy_available():
+
+                async def w_dspy() -> tuple[int, float | None]:
+                    return await asyncio.to_thread(
+                        dspy_evaluate,
+                        model,
+                        srv.base_url,
+                        xs,
+                        ys,
+                        concurrency,  # noqa: B023
+                    )
+
+                works[f"DSPy Evaluate, {concurrency} threads"] = w_dspy
+
+            # Warm-up: imports, litellm's first-call setup, connection pools.
+            await w_aiohttp(warm)
+            await w_httpx(warm)
+            await w_litellm(warm)
+            for program in programs.values():
+                await promptfit_evaluate(program, warm_xs, warm_ys, batch_size)
+
+            series = {name: Series(name) for name in works}
+            names = list(works)
+            for repeat in range(args.repeats):
+                order = names[repeat % len(names) :] + names[: repeat % len(names)]
+                for name in order:
+                    run = await _timed(works[name], srv, args.settle)
+                    series[name].runs.append(run)
+                    log(f"c={concurrency} repeat {repeat + 1} {name}", run)
+                    if run.calls != n or run.server_requests != n:
+                        wrong.append(f"{name}: {run.calls} calls, {run.server_requests} requests")
+            await session.close()
+            await client.aclose()
+            out.append(render(n, concurrency, args.latency_ms, list(series.values())))
+            summary["runs"][str(concurrency)] = {
+                name: [r.__dict__ for r in s.runs] for name, s in series.items()
+            }
+
+        if args.replicas:
+            out.append(await bench_replicas(args, xs, ys, log, wrong))
+
+        # Cache-hit re-evaluation: one (untimed) evaluation fills the cache.
+        cached = await build_program(make_lm("auto", args.concurrency[0], cache=True))
+        await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
+
+        async def w_cached() -> tuple[int, float | None]:
+            return await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
+
+        hits = Series("promptfit evaluate, every reply cached")
         for repeat in range(args.repeats):
-            order = ["raw", "pf"] if repeat % 2 == 0 else ["pf", "raw"]
-            for which in order:
-                run = await _timed(run_raw if which == "raw" else run_pf, srv, args.settle)
-                (res.raw if which == "raw" else res.pf_off).runs.append(run)
-                log(f"repeat {repeat + 1}/{args.repeats} {which:>3}", run)
+            run = await _timed(w_cached, srv, 0.0)
+            hits.runs.append(run)
+            log(f"cached {repeat + 1}", run)
+            if run.calls != 0 or run.server_requests != 0:
+                wrong.append(f"cached: {run.calls} calls, {run.server_requests} requests")
+        out.append(
+            f"cache-hit re-evaluation of {n} examples: wall {_fmt(hits.median('wall'))} s, "
+            f"CPU {_fmt(hits.median('cpu') / n * 1000, 3)} ms per example, 0 LM calls"
+        )
+        summary["runs"]["cached"] = [r.__dict__ for r in hits.runs]
 
-        # Cache on: one (untimed) evaluation fills the cache; the timed ones make no LM call.
-        # The filling run also records the replies replayed by the framework-only rows.
-        cached_program = await build_program(make_lm(cache=True))
-        with recorder.recording():
-            await promptfit_evaluate(cached_program, xs, ys, batch_size)
-
-        async def run_cached() -> tuple[int, float | None]:
-            return await promptfit_evaluate(cached_program, xs, ys, batch_size)
-
-        for repeat in range(args.repeats):
-            run = await _timed(run_cached, srv, args.settle)
-            res.pf_on.runs.append(run)
-            log(f"repeat {repeat + 1}/{args.repeats} cached", run)
-
-        # Diagnostic: promptfit's own CPU with litellm out of the picture (replayed replies).
-        with recorder.replaying():
-            await raw_litellm(requests[:concurrency], concurrency)  # warm-up
-            for repeat in range(max(args.repeats, 5)):
-                order = ["raw", "pf"] if repeat % 2 == 0 else ["pf", "raw"]
-                for which in order:
-                    run = await _timed(run_raw if which == "raw" else run_pf, srv, 0.0)
-                    (res.raw_stub if which == "raw" else res.pf_stub).runs.append(run)
-                    log(f"framework-only {repeat + 1} {which:>3}", run)
-
-        if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            await promptfit_evaluate(program, xs, ys, batch_size)
-            profiler.disable()
-            profiler.dump_stats(args.profile)
-            stats = pstats.Stats(args.profile, stream=sys.stderr)
-            stats.sort_stats("cumulative").print_stats(40)
-
-    table, summary = render(args, res)
     print(
-        f"promptfit benchmark: evaluate {n} examples, concurrency {concurrency}, "
-        f"latency {args.latency_ms:g} ms, batch_size {batch_size}, "
-        f"median of {args.repeats} (alternating order)"
+        f"promptfit benchmark: evaluate {n} examples, server latency {args.latency_ms:g} ms, "
+        f"median of {args.repeats} (order rotated per repeat)"
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, litellm {_version('litellm')}, "
-        f"pydantic {_version('pydantic')}, promptfit {pf.__version__}, "
-        f"load average before/after {args.load_before} / {_load()}"
+        f"{platform.python_version()}, litellm {_version('litellm')}, aiohttp "
+        f"{_version('aiohttp')}, httpx {_version('httpx')}, dspy {_version('dspy')}, promptfit "
+        f"{pf.__version__}, load average before/after {args.load_before} / {_load()}"
     )
-    print()
-    print(table)
+    for block in out:
+        print()
+        print(block)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
-    wrong = [r for r in res.raw.runs + res.pf_off.runs if r.calls != n or r.server_requests != n]
-    wrong += [r for r in res.pf_on.runs if r.calls != 0 or r.server_requests != 0]
     if wrong:
-        print("ERROR: a run did not make exactly the expected number of calls", file=sys.stderr)
+        print("ERROR: runs did not make exactly the expected calls: " + "; ".join(wrong))
         return 1
     return 0
+
+
+async def bench_replicas(
+    args: argparse.Namespace,
+    xs: list[Query],
+    ys: list[Answer],
+    log: Callable[[str, Run], None],
+    wrong: list[str],
+) -> str:
+    """Throughput over 1, 2, 4... replicas of a server that serves 16 requests at once.
+
+    One ``LanguageModel(api_base=[...], max_concurrency=16, transport="http")``: 16 requests
+    per replica in flight, the server's own slot limit (``FakeLLMServer(max_concurrency=16)``)
+    making the rest wait, as vLLM's ``max_num_seqs`` would.
+    """
+    n, slots = len(xs), args.replica_slots
+    lines = [
+        f"replicas: {n} calls, each replica serves {slots} requests at once, latency "
+        f"{args.latency_ms:g} ms, LanguageModel(max_concurrency={slots}) per replica",
+        "",
+        "| replicas | wall (s) | calls per s | speed-up vs 1 replica | floor (s) | LM calls |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_wall: float | None = None
+    model = FakeLLMServer.model("arith", latency_ms=args.latency_ms)
+    for count in args.replicas:
+        servers = [FakeLLMServer(max_concurrency=slots).start() for _ in range(count)]
+        try:
+            lm = pf.LanguageModel(
+                model,
+                api_base=[s.base_url for s in servers],
+                api_key=API_KEY,
+                max_concurrency=slots,
+                cache=False,
+                timeout=TIMEOUT,
+                transport="http",
+            )
+            program = await build_program(lm)
+            warm_xs, warm_ys = make_dataset(2 * slots * count, seed=7)
+            await promptfit_evaluate(program, warm_xs, warm_ys, len(warm_xs))
+            series = Series(f"{count} replicas")
+            for repeat in range(args.repeats):
+                run = await _timed(
+                    lambda p=program: promptfit_evaluate(p, xs, ys, n), servers[0], 0
+                )
+                series.runs.append(run)
+                log(f"{count} replicas, repeat {repeat + 1}", run)
+                if run.calls != n:
+                    wrong.append(f"{count} replicas: {run.calls} calls")
+        finally:
+            for server in servers:
+                server.stop()
+        wall = series.median("wall")
+        base_wall = base_wall or wall
+        floor = -(-n // (slots * count)) * args.latency_ms / 1000
+        lines.append(
+            f"| {count} | {_fmt(wall)} | {n / wall:.0f} | {base_wall / wall:.2f} "
+            f"| {floor:.2f} | {int(series.median('calls'))} |"
+        )
+    return "\n".join(lines)
 
 
 def _load() -> str:
@@ -466,7 +543,9 @@ def _version(package: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="examples (and LM calls) per run")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[64, 256], help="requests in flight"
+    )
     parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency per call")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
     parser.add_argument(
@@ -483,10 +562,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the raw numbers to this JSON file")
     parser.add_argument(
-        "--profile", help="after the timed runs, cProfile one promptfit run into this file"
+        "--replicas",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure throughput over these numbers of server replicas (e.g. 1 2 4)",
+    )
+    parser.add_argument(
+        "--replica-slots", type=int, default=16, help="requests each replica serves at once"
+    )
+    parser.add_argument(
+        "--no-dspy", dest="dspy", action="store_false", help="skip DSPy even if importable"
     )
     args = parser.parse_args(argv)
-    if args.n < 1 or args.concurrency < 1 or args.repeats < 1:
+    if args.n < 1 or min(args.concurrency) < 1 or args.repeats < 1:
         parser.error("--n, --concurrency and --repeats must be >= 1")
     return args
 

@@ -37,7 +37,17 @@ def llm_server() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture()
-def make_lm(llm_server: FakeLLMServer) -> Callable[..., pf.LanguageModel]:
+def lm_transport() -> str:
+    """The ``transport=`` of the clients ``make_lm`` builds.
+
+    ``"auto"`` here; the language-model test modules override this fixture with one
+    parametrized over ``"litellm"`` and ``"http"``, so their every test runs on both paths.
+    """
+    return "auto"
+
+
+@pytest.fixture()
+def make_lm(llm_server: FakeLLMServer, lm_transport: str) -> Callable[..., pf.LanguageModel]:
     """Build a LanguageModel on the fake server: ``make_lm("arith", latency_ms=5)``.
 
     A unique ``tag`` keeps each test's request memory (fail_first...) separate.
@@ -48,7 +58,12 @@ def make_lm(llm_server: FakeLLMServer) -> Callable[..., pf.LanguageModel]:
         brain: str = "arith", *, lm_kwargs: dict[str, Any] | None = None, **options: Any
     ) -> pf.LanguageModel:
         options.setdefault("tag", f"{os.getpid()}-{id(factory)}-{next(counter)}")
-        kwargs = {"max_retries": 3, "retry_min_wait": 0.01, "retry_max_wait": 0.2}
+        kwargs = {
+            "max_retries": 3,
+            "retry_min_wait": 0.01,
+            "retry_max_wait": 0.2,
+            "transport": lm_transport,
+        }
         kwargs.update(lm_kwargs or {})
         return pf.LanguageModel(
             model=FakeLLMServer.model(brain, **options),

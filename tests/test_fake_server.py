@@ -636,3 +636,24 @@ def test_skeleton_validates_for_constrained_and_recursive_models() -> None:
     value = skeleton(schema)
     jsonschema.validate(value, schema)
     Constrained.model_validate(value)
+
+
+def test_max_concurrency_makes_requests_wait_for_a_slot() -> None:
+    """``FakeLLMServer(max_concurrency=N)`` serves N requests at once, like an engine's slots."""
+    body = {
+        "model": "arith?latency_ms=100",
+        "messages": [{"role": "user", "content": '{"question": "What is 1 + 1?"}'}],
+    }
+
+    async def burst(base_url: str) -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            replies = await asyncio.gather(
+                *(client.post(f"{base_url}/chat/completions", json=body) for _ in range(8))
+            )
+        return [r.status_code for r in replies]
+
+    with FakeLLMServer(max_concurrency=2) as server:
+        assert asyncio.run(burst(server.base_url)) == [200] * 8
+        stats = server.stats()
+    assert stats["requests"] == 8
+    assert stats["max_in_flight"] == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,6 +12,12 @@ import promptfit as pf
 from promptfit.errors import ConfigurationError, LMConfigurationError
 from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query
+
+
+@pytest.fixture(params=["litellm", "http"])
+def lm_transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both transports: their behaviour must be identical."""
+    return str(request.param)
 
 
 def _messages(lm_program: pf.Generator, question: str = "What is 2 + 3?") -> list[dict[str, str]]:
@@ -252,3 +258,187 @@ def test_backoff_grows_across_retries(make_lm: Callable[..., pf.LanguageModel]) 
     assert lm.usage.retries == 3
     # 0.1 + 0.2 + 0.4 (plus jitter) when the backoff doubles from the bare first attempt.
     assert elapsed >= 0.65
+
+
+def test_the_transport_asked_for_is_used(
+    make_lm: Callable[..., pf.LanguageModel], lm_transport: str
+) -> None:
+    lm = make_lm("arith")
+    assert lm.transport == lm_transport
+    assert lm.get_config()["transport"] == lm_transport
+
+
+def test_usage_of_a_model_without_a_price_costs_nothing(
+    make_lm: Callable[..., pf.LanguageModel],
+) -> None:
+    lm = make_lm("arith", lm_kwargs={"cache": False})
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    assert result.value is not None
+    assert lm.usage.cost == 0.0
+    assert lm.usage.prompt_tokens > 0
+
+
+def test_both_transports_count_the_same_usage(llm_server: FakeLLMServer) -> None:
+    usages = []
+    for transport in ("litellm", "http"):
+        lm = pf.LanguageModel(
+            model=FakeLLMServer.model("arith", tag=f"same-usage-{transport}"),
+            api_base=llm_server.base_url,
+            api_key="sk-test",
+            cache=False,
+            transport=transport,  # type: ignore[arg-type]
+        )
+        result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+        assert result.value is not None and result.value.answer == "5"
+        usages.append(lm.usage.as_dict())
+    assert usages[0] == usages[1]
+
+
+def test_a_timeout_is_retried_then_recorded(make_lm: Callable[..., pf.LanguageModel]) -> None:
+    lm = make_lm("arith", latency_ms=600, lm_kwargs={"timeout": 0.1, "max_retries": 1})
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    # The server counts a request when it answers: let the abandoned ones finish, so they
+    # are not counted during a later test.
+    time.sleep(0.7)
+    assert result.value is None
+    assert result.error and result.error.startswith("Timeout")
+    assert lm.usage.retries == 1 and lm.usage.calls == 2 and lm.usage.failed_calls == 1
+
+
+def test_an_unreachable_server_is_retried_then_recorded(lm_transport: str) -> None:
+    lm = pf.LanguageModel(
+        model="openai/nobody",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="x",
+        cache=False,
+        max_retries=1,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+        transport=lm_transport,  # type: ignore[arg-type]
+    )
+    result = asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+    # litellm maps the openai SDK's connection error to InternalServerError; so does "http".
+    assert result.error and result.error.startswith("InternalServerError")
+    assert "Connection error" in result.error
+    assert lm.usage.retries == 1 and lm.usage.failed_calls == 1
+
+
+def test_a_missing_key_stops_at_once(
+    llm_server: FakeLLMServer, lm_transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    lm = pf.LanguageModel(
+        model=FakeLLMServer.model("arith"),
+        api_base=llm_server.base_url,
+        cache=False,
+        transport=lm_transport,  # type: ignore[arg-type]
+    )
+    with pytest.raises(LMConfigurationError):
+        asyncio.run(lm.generate(_messages(_gen(lm)), Answer))
+
+
+def test_auto_picks_litellm_wherever_the_lean_path_could_differ() -> None:
+    def transport(**kwargs: object) -> str:
+        return pf.LanguageModel(**kwargs).transport  # type: ignore[arg-type]
+
+    base = "http://127.0.0.1:9/v1"
+    assert transport(model="openai/my-model", api_base=base) == "http"
+    assert transport(model="openai/my-model", api_base=base, top_p=0.5) == "http"
+    # litellm prices this model: its cost accounting (tiers, cached tokens) stays litellm's.
+    assert transport(model="openai/gpt-4o-mini", api_base=base) == "litellm"
+    assert transport(model="openai/my-model") == "litellm"  # no api_base
+    assert transport(model="openai/my-model", api_base=base, extra_headers={"a": "b"}) == (
+        "litellm"
+    )
+    assert transport(model="ollama/llama3", api_base=base) == "litellm"
+    with pytest.raises(ConfigurationError, match="transport='http' cannot serve"):
+        pf.LanguageModel(model="ollama/llama3", api_base=base, transport="http")
+    with pytest.raises(ConfigurationError, match="`transport` must be one of"):
+        pf.LanguageModel(model="openai/x", transport="grpc")  # type: ignore[arg-type]
+
+
+def test_http_cost_uses_litellm_prices() -> None:
+    from promptfit.language_models._litellm import litellm
+    from promptfit.language_models.http_transport import token_cost
+
+    prompt, completion = litellm.cost_per_token(
+        model="gpt-4o-mini", prompt_tokens=1000, completion_tokens=500
+    )
+    assert token_cost("openai/gpt-4o-mini", 1000, 500) == pytest.approx(prompt + completion)
+    assert token_cost("openai/no-such-model", 1000, 500) == 0.0
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[FakeLLMServer]:
+    """A second replica of the test server (its own process and counters)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+def _replica_lm(
+    bases: list[str], lm_transport: str, tag: str, **kwargs: object
+) -> pf.LanguageModel:
+    options = {"cache": False, "max_retries": 0, "retry_min_wait": 0.01, "retry_max_wait": 0.02}
+    options.update(kwargs)
+    return pf.LanguageModel(
+        model=FakeLLMServer.model("arith", tag=tag, latency_ms=30),
+        api_base=bases,
+        api_key="sk-test",
+        transport=lm_transport,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _ask_many(lm: pf.LanguageModel, n: int) -> list[pf.language_models.Generation]:
+    gen = _gen(lm)
+
+    async def run() -> list[pf.language_models.Generation]:
+        return await asyncio.gather(
+            *(lm.generate(_messages(gen, f"What is {i} + 1?"), Answer) for i in range(n))
+        )
+
+    return asyncio.run(run())
+
+
+def test_replicas_share_the_requests_each_within_its_concurrency(
+    llm_server: FakeLLMServer, second_server: FakeLLMServer, lm_transport: str
+) -> None:
+    llm_server.reset()
+    second_server.reset()
+    lm = _replica_lm(
+        [llm_server.base_url, second_server.base_url],
+        lm_transport,
+        f"spread-{lm_transport}",
+        max_concurrency=3,
+    )
+    results = _ask_many(lm, 24)
+    assert [r.value.answer for r in results if r.value] == [str(i + 1) for i in range(24)]
+    first, second = llm_server.stats(), second_server.stats()
+    assert first["requests"] + second["requests"] == 24 == lm.usage.calls
+    assert first["requests"] >= 6 and second["requests"] >= 6
+    assert first["max_in_flight"] <= 3 and second["max_in_flight"] <= 3
+
+
+def test_a_dead_replica_fails_over_without_losing_a_call(
+    llm_server: FakeLLMServer, lm_transport: str
+) -> None:
+    llm_server.reset()
+    lm = _replica_lm(
+        ["http://127.0.0.1:9/v1", llm_server.base_url], lm_transport, f"dead-{lm_transport}"
+    )
+    results = _ask_many(lm, 8)
+    assert all(r.value is not None for r in results), [r.error for r in results]
+    assert lm.usage.failed_calls == 0 and lm.usage.retries == 0
+    # Every request sent is a call (the refused ones too); tokens only for the 8 replies.
+    assert llm_server.stats()["requests"] == 8
+    assert lm.usage.calls >= 8
+    single = _replica_lm([llm_server.base_url], lm_transport, f"dead-{lm_transport}")
+    _ask_many(single, 8)
+    assert lm.usage.prompt_tokens == single.usage.prompt_tokens
+    assert lm.usage.completion_tokens == single.usage.completion_tokens
+
+
+@pytest.mark.parametrize("api_base", [[], ["http://a/v1", "http://a/v1"], [1], 5])
+def test_bad_replica_lists_are_refused(api_base: object) -> None:
+    with pytest.raises(ConfigurationError, match="one per replica"):
+        pf.LanguageModel(model="openai/x", api_base=api_base)  # type: ignore[arg-type]

@@ -32,6 +32,12 @@ MATRIX: dict[str, tuple[str, int]] = {
 }
 
 
+@pytest.fixture(params=["litellm", "http"])
+def lm_transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both transports: their behaviour must be identical."""
+    return str(request.param)
+
+
 def _wire_model(lm: pf.LanguageModel) -> str:
     return lm.model.split("/", 1)[1]
 
@@ -59,7 +65,8 @@ def test_matrix_evaluate_negotiates_the_expected_mode(
     lm = _lm_of(program)
     requests = after["by_model"][_wire_model(lm)] - before["by_model"].get(_wire_model(lm), 0)
     assert logs["reward"] == 1.0 and logs["failed_calls"] == 0
-    assert lm.output_mode == expected_mode
+    assert lm.output_mode == expected_mode, lm.usage
+    assert lm.usage.retries == 0, lm.usage
     assert (
         after["by_format"].get(expected_mode, 0) - before["by_format"].get(expected_mode, 0) == 12
     )

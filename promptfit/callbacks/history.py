@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from promptfit.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["History"]
 
@@ -44,6 +45,8 @@ class History(Callback):
 
     def to_dataframe(self) -> pd.DataFrame:
         """The history as a DataFrame indexed by epoch."""
+        import pandas as pd  # here: importing pandas is a large part of ``import promptfit``
+
         return pd.DataFrame(self.history, index=pd.Index(self.epoch, name="epoch"))
 
     def state_dict(self) -> dict[str, Any]:

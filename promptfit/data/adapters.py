@@ -8,10 +8,10 @@ fails before any LM money is spent, with the row and field that is wrong.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pandas as pd
 import pydantic
 
 from promptfit.data.data_model import DataModel
@@ -20,8 +20,15 @@ from promptfit.errors import DataError
 __all__ = ["to_data_model", "to_data_models", "to_targets"]
 
 
+def _is_dataframe(data: Any) -> bool:
+    # pandas is imported only by a caller that has a DataFrame (it would cost a large part of
+    # ``import promptfit``): if pandas is not loaded, ``data`` cannot be one.
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(data, pd.DataFrame)
+
+
 def _rows(data: Any, what: str) -> list[Any]:
-    if isinstance(data, pd.DataFrame):
+    if _is_dataframe(data):
         return [
             {k: (None if _is_missing(v) else v) for k, v in row.items()}
             for row in data.to_dict(orient="records")
@@ -40,6 +47,8 @@ def _rows(data: Any, what: str) -> list[Any]:
 
 
 def _is_missing(value: Any) -> bool:
+    import pandas as pd  # only reached for DataFrame rows: pandas is loaded
+
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):

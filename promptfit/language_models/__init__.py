@@ -1,4 +1,4 @@
-"""Language model clients (everything goes through litellm)."""
+"""Language model clients (litellm, or the lean HTTP transport for OpenAI-compatible servers)."""
 
 from promptfit.language_models.cache import ResponseCache
 from promptfit.language_models.language_model import Generation, LanguageModel

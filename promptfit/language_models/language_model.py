@@ -1,10 +1,12 @@
 """The language model client: every LM call in promptfit goes through here.
 
-One :class:`LanguageModel` wraps one litellm model string. It bounds concurrency, caches replies
-by request, retries transient failures with bounded exponential backoff that honours
-``Retry-After``, validates replies against the requested data model, and counts usage. A call
-that still fails becomes a recorded failure (``None``), never a crash, except for errors that no
-retry can fix (bad key, unknown model), which stop the run at once with
+One :class:`LanguageModel` wraps one litellm model string. Its requests go through litellm, or, for
+an OpenAI-compatible server (``openai/<model>`` with ``api_base``), over the lean HTTP transport of
+:mod:`.http_transport`; everything else here is shared by both paths. It bounds concurrency, caches
+replies by request, retries transient failures with bounded exponential backoff that honours
+``Retry-After``, validates replies against the requested data model, and counts usage. A call that
+still fails becomes a recorded failure (``None``), never a crash, except for errors that no retry
+can fix (bad key, unknown model), which stop the run at once with
 :class:`~promptfit.errors.LMConfigurationError`.
 """
 
@@ -21,7 +23,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 import pydantic
@@ -29,7 +31,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from promptfit.data.data_model import json_schema_of
 from promptfit.errors import ConfigurationError, LMConfigurationError
-from promptfit.language_models._litellm import litellm
+from promptfit.language_models import http_transport as _http
+from promptfit.language_models._litellm import get_litellm, is_loaded
 from promptfit.language_models.cache import (
     ResponseCache,
     call_origin,
@@ -60,9 +63,9 @@ _STRUCTURED_OUTPUTS: tuple[str, ...] = get_args(StructuredOutput)
 
 # The mode each endpoint (model string, api_base) was last found to accept, so a second
 # client of the same server starts there instead of negotiating again.
-_ENDPOINT_MODES: dict[tuple[str, str | None], OutputMode] = {}
+_ENDPOINT_MODES: dict[tuple[str, Any], OutputMode] = {}
 # Endpoints whose working mode was logged at INFO already (once per process).
-_LOGGED_MODES: set[tuple[str, str | None, OutputMode]] = set()
+_LOGGED_MODES: set[tuple[str, Any, OutputMode]] = set()
 
 
 class InvalidOutputError(ValueError):
@@ -82,22 +85,47 @@ class Generation:
     cached: bool = False
 
 
-_TRANSIENT = (
-    litellm.RateLimitError,
-    litellm.Timeout,
-    litellm.APIConnectionError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-    litellm.BadGatewayError,
-)
-_FATAL = (litellm.AuthenticationError, litellm.NotFoundError, litellm.PermissionDeniedError)
+Transport = Literal["auto", "litellm", "http"]
+_TRANSPORTS: tuple[str, ...] = get_args(Transport)
+
+# The error classes of both transports, judged by the same rules. litellm's are added once it
+# is imported (before that, no exception can be one of them).
+_TRANSIENT: tuple[type[BaseException], ...] = (InvalidOutputError, *_http.TRANSIENT)
+_FATAL: tuple[type[BaseException], ...] = _http.FATAL
+_API_ERRORS: tuple[type[BaseException], ...] = (_http.TransportError,)
+_with_litellm = False
+
+
+def _error_classes() -> None:
+    global _TRANSIENT, _FATAL, _API_ERRORS, _with_litellm
+    if _with_litellm or not is_loaded():
+        return
+    litellm = get_litellm()
+    _TRANSIENT = (
+        *_TRANSIENT,
+        litellm.RateLimitError,
+        litellm.Timeout,
+        litellm.APIConnectionError,
+        litellm.InternalServerError,
+        litellm.ServiceUnavailableError,
+        litellm.BadGatewayError,
+    )
+    _FATAL = (
+        *_FATAL,
+        litellm.AuthenticationError,
+        litellm.NotFoundError,
+        litellm.PermissionDeniedError,
+    )
+    _API_ERRORS = (*_API_ERRORS, litellm.APIError)
+    _with_litellm = True
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (InvalidOutputError, *_TRANSIENT)):
+    _error_classes()
+    if isinstance(exc, _TRANSIENT):
         return True
     status = getattr(exc, "status_code", None)
-    return isinstance(exc, litellm.APIError) and isinstance(status, int) and status >= 500
+    return isinstance(exc, _API_ERRORS) and isinstance(status, int) and status >= 500
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -214,7 +242,7 @@ def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any
     """
     provider = litellm_kwargs.get("custom_llm_provider")
     try:
-        litellm.get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
+        get_litellm().get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
     except Exception as exc:
         raise LMConfigurationError(
             f"litellm cannot route model={model!r} "
@@ -226,6 +254,35 @@ def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any
         ) from exc
 
 
+@dataclass(slots=True)
+class _Replica:
+    """One replica of a model: its URL, its lean-path client, and its requests in flight."""
+
+    base: str
+    http: _http.HTTPTransport | None
+    in_flight: int = 0
+
+
+def _replica_bases(api_base: Any) -> list[str]:
+    """``api_base`` as a list of URLs (empty for none).
+
+    Raises:
+        ConfigurationError: not a URL string, nor a non-empty list of distinct URL strings.
+    """
+    if api_base is None:
+        return []
+    if isinstance(api_base, str):
+        return [api_base]
+    if isinstance(api_base, list | tuple) and api_base:
+        bases = list(api_base)
+        if all(isinstance(b, str) and b for b in bases) and len(set(bases)) == len(bases):
+            return bases
+    raise ConfigurationError(
+        f"`api_base` must be a URL string or a non-empty list of distinct URL strings (one "
+        f"per replica), got {api_base!r}."
+    )
+
+
 class LanguageModel:
     """A language model reached through litellm.
 
@@ -233,9 +290,15 @@ class LanguageModel:
         model: Any litellm model string (``"openai/gpt-4o-mini"``, ``"ollama/llama3"``...), or
             ``"local/gemma-3-270m"`` for the embedded offline model (``promptfit[local]``).
             A string litellm cannot route raises :class:`~promptfit.errors.LMConfigurationError`.
-        api_base: Endpoint URL for OpenAI-compatible servers.
+        api_base: Endpoint URL for OpenAI-compatible servers, or a list of the URLs of several
+            replicas of one model (vLLM/SGLang instances...). With a list, each request goes
+            to the replica with the fewest requests in flight, ``max_concurrency`` bounds each
+            replica, and a transient error (5xx, 429, timeout, refused connection) is sent at
+            once to another replica before the usual retries. Usage counts every request
+            sent, and the tokens of the one reply used.
         api_key: The key. Used for requests only: never saved, cached, logged or tracked.
-        max_concurrency: Most requests in flight at once for this model.
+        max_concurrency: Most requests in flight at once for this model (per replica when
+            ``api_base`` is a list).
         temperature: Sampling temperature (0 makes runs reproducible on deterministic servers).
         max_tokens: Cap on completion tokens, or ``None`` for the provider's default.
         timeout: Seconds before one request is abandoned (and retried).
@@ -256,6 +319,16 @@ class LanguageModel:
         structured_output_mode: Where ``"auto"`` starts: the mode an earlier negotiation
             settled on. ``get_config()`` saves it, so a loaded program does not negotiate again.
         name: A name for logs and saved files (defaults to ``model``).
+        transport: How requests travel. ``"litellm"``: through ``litellm.acompletion``, for
+            every provider. ``"http"``: straight to an OpenAI-compatible server over one
+            pooled aiohttp session (:mod:`.http_transport`), several times less CPU per call;
+            it needs ``model="openai/<served name>"`` and ``api_base``, and extra arguments
+            limited to plain body parameters (``top_p``, ``stop``, ``seed``...).
+            ``"auto"`` (default) picks ``"http"`` exactly when that applies *and* litellm's
+            price table does not know the model (a self-hosted model: cost 0 on both paths),
+            so nothing observable changes; otherwise litellm. Both paths share retries,
+            ``Retry-After``, the error classes (same names and statuses), structured-output
+            negotiation, the cache, spans, usage and timeouts.
         **litellm_kwargs: Extra keyword arguments passed to ``litellm.acompletion``.
 
     Example:
@@ -271,7 +344,7 @@ class LanguageModel:
         self,
         model: str,
         *,
-        api_base: str | None = None,
+        api_base: str | list[str] | None = None,
         api_key: str | None = None,
         max_concurrency: int = 16,
         temperature: float = 0.0,
@@ -284,14 +357,14 @@ class LanguageModel:
         structured_output: StructuredOutput = "auto",
         structured_output_mode: OutputMode | None = None,
         name: str | None = None,
+        transport: Transport = "auto",
         **litellm_kwargs: Any,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError(
                 f"`model` must be a litellm model string like 'openai/gpt-4o', got {model!r}."
             )
-        if api_base is not None and not isinstance(api_base, str):
-            raise ConfigurationError(f"`api_base` must be a URL string, got {api_base!r}.")
+        bases = _replica_bases(api_base)
         _check_arguments(
             max_concurrency=max_concurrency,
             temperature=temperature,
@@ -306,14 +379,51 @@ class LanguageModel:
         )
         if "api_key" in litellm_kwargs:
             raise ConfigurationError("Pass `api_key` as its own argument.")
-        if model.startswith("local/"):
+        if transport not in _TRANSPORTS:
+            raise ConfigurationError(
+                f"`transport` must be one of {', '.join(map(repr, _TRANSPORTS))}, "
+                f"got {transport!r}."
+            )
+        lean_refusal = _http.lean_path_possible(model, api_base, litellm_kwargs)
+        if transport == "http" and lean_refusal is not None:
+            raise ConfigurationError(
+                f"transport='http' cannot serve model={model!r}: {lean_refusal}. Use "
+                "model='openai/<served name>' with api_base='http://host:port/v1', or "
+                "transport='litellm'."
+            )
+        self.transport_setting: Transport = transport
+        self.transport: Literal["litellm", "http"] = (
+            "http"
+            if transport == "http"
+            or (transport == "auto" and lean_refusal is None and not _http.has_price(model))
+            else "litellm"
+        )
+        self._http: _http.HTTPTransport | None = None
+        if self.transport == "http":
+            self._http = _http.HTTPTransport(bases[0], api_key, float(timeout))
+        elif model.startswith("local/"):
             from promptfit.language_models.local import register_local_provider
 
             register_local_provider(model)
         else:
-            _check_route(model, api_base, litellm_kwargs)
+            _check_route(model, bases[0] if bases else None, litellm_kwargs)
         self.model = model
-        self.api_base = api_base
+        self.api_base = list(api_base) if isinstance(api_base, list | tuple) else api_base
+        # Where requests go, as a hashable key (the negotiated-mode memory is per endpoint).
+        self._base_key: str | tuple[str, ...] | None = (
+            tuple(bases) if len(bases) > 1 else (bases[0] if bases else None)
+        )
+        self._replicas: list[_Replica] | None = None
+        if len(bases) > 1:
+            self._replicas = [
+                _Replica(
+                    base,
+                    _http.HTTPTransport(base, api_key, float(timeout))
+                    if self.transport == "http"
+                    else None,
+                )
+                for base in bases
+            ]
         self._api_key = api_key
         self.max_concurrency = int(max_concurrency)
         self.temperature = temperature
@@ -334,7 +444,7 @@ class LanguageModel:
         else:
             self.cache = ResponseCache(path=cache)
         self.usage = Usage()
-        endpoint = (model, api_base)
+        endpoint = (model, self._base_key)
         # The mode requests are built in. Pinned: fixed. Auto: where negotiation stands.
         self._mode: OutputMode
         if structured_output != "auto":
@@ -355,6 +465,10 @@ class LanguageModel:
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._replica_limiters: weakref.WeakKeyDictionary[Any, list[anyio.Semaphore]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._rotation = 0  # where the tie-break among equally loaded replicas starts
         # The last (loop, limiter) pair, so a call does not build a weak reference to look
         # its limiter up; the loop is held weakly, as in ``_limiters``.
         self._last_limiter: tuple[Any, anyio.Semaphore] | None = None
@@ -388,6 +502,7 @@ class LanguageModel:
             "structured_output": self.structured_output,
             "structured_output_mode": self._mode if settled else None,
             "name": self.name,
+            "transport": self.transport_setting,
             **{k: v for k, v in self.litellm_kwargs.items() if _is_jsonable(v)},
         }
 
@@ -429,8 +544,8 @@ class LanguageModel:
             "messages": messages,
             "temperature": self.temperature,
         }
-        if self.api_base is not None:
-            request["api_base"] = self.api_base
+        if self._base_key is not None:
+            request["api_base"] = self._replicas[0].base if self._replicas else self._base_key
         if self.max_tokens is not None:
             request["max_tokens"] = self.max_tokens
         if (rf := response_format_for(self._mode, schema_name, schema)) is not None:
@@ -696,16 +811,16 @@ class LanguageModel:
             )
             self._mode = new
             self._negotiated = True
-            _ENDPOINT_MODES[(self.model, self.api_base)] = new
+            _ENDPOINT_MODES[(self.model, self._base_key)] = new
 
     def _mode_works(self, mode: OutputMode) -> None:
         """A reply came back in ``mode``: remember it and say so once, at INFO."""
         if self.structured_output != "auto" or mode != self._mode:
             return
-        endpoint = (self.model, self.api_base)
+        endpoint = (self.model, self._base_key)
         _ENDPOINT_MODES[endpoint] = mode
-        if (self.model, self.api_base, mode) not in _LOGGED_MODES:
-            _LOGGED_MODES.add((self.model, self.api_base, mode))
+        if (self.model, self._base_key, mode) not in _LOGGED_MODES:
+            _LOGGED_MODES.add((self.model, self._base_key, mode))
             logger.info(
                 "%s%s: structured output negotiated to %r%s (pin it with structured_output=%r).",
                 self.model,
@@ -721,6 +836,7 @@ class LanguageModel:
         Raises:
             LMConfigurationError: bad credentials, unknown model, no permission.
         """
+        _error_classes()
         if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
             raise LMConfigurationError(
                 f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
@@ -731,9 +847,13 @@ class LanguageModel:
     async def _attempt(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        if self._replicas is not None:
+            return await self._attempt_replicas(request, output_model)
+        if self._http is not None:
+            return await self._attempt_http(request, output_model)
         async with self._limiter():
             try:
-                response = await litellm.acompletion(
+                response = await get_litellm().acompletion(
                     **request,
                     api_key=self._api_key,
                     timeout=self.timeout,
@@ -743,6 +863,12 @@ class LanguageModel:
             except Exception:
                 add_usage(self, calls=1)  # every request sent is a call, refused ones too
                 raise
+        return self._litellm_reply(response, request, output_model)
+
+    def _litellm_reply(
+        self, response: Any, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """Count and validate a litellm response."""
         usage_info = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage_info, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage_info, "completion_tokens", 0) or 0)
@@ -757,6 +883,109 @@ class LanguageModel:
         )
         self._mode_works(mode_of(request))
         content = response.choices[0].message.content or ""
+        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
+
+    async def _attempt_http(
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """The lean path's ``_attempt``: same counting, same validation, same errors."""
+        async with self._limiter():
+            try:
+                content, prompt_tokens, completion_tokens = await self._http.complete(  # type: ignore[union-attr]
+                    request
+                )
+            except Exception:
+                add_usage(self, calls=1)
+                raise
+        return self._http_reply(content, prompt_tokens, completion_tokens, request, output_model)
+
+    def _http_reply(
+        self,
+        content: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        request: dict[str, Any],
+        output_model: type[pydantic.BaseModel],
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """Count and validate a lean-path reply (cost as litellm would report it)."""
+        cost = _http.token_cost(self.model, prompt_tokens, completion_tokens)
+        add_usage(
+            self,
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+        )
+        self._mode_works(mode_of(request))
+        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
+
+    def _replica_limiter(self, index: int) -> anyio.Semaphore:
+        loop = asyncio.get_running_loop()
+        limiters = self._replica_limiters.get(loop)
+        if limiters is None:
+            limiters = [_new_semaphore(self.max_concurrency) for _ in self._replicas or ()]
+            self._replica_limiters[loop] = limiters
+        return limiters[index]
+
+    async def _attempt_replicas(
+        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """One attempt over the replicas: least loaded first, failing over on transient errors.
+
+        Every replica is tried at most once per attempt; when all failed transiently, the last
+        error goes to the usual retry-with-backoff. A format refusal is not failed over (the
+        replicas run the same server: the negotiation steps down instead).
+        """
+        replicas = self._replicas or []
+        tried: set[int] = set()
+        self._rotation = (self._rotation + 1) % len(replicas)
+        start = self._rotation
+        while True:
+            index = min(
+                (i for i in range(len(replicas)) if i not in tried),
+                key=lambda i: (replicas[i].in_flight, (i - start) % len(replicas)),
+            )
+            tried.add(index)
+            replica = replicas[index]
+            replica.in_flight += 1
+            try:
+                async with self._replica_limiter(index):
+                    try:
+                        if replica.http is not None:
+                            content, prompt, completion = await replica.http.complete(request)
+                            reply = None
+                        else:
+                            reply = await get_litellm().acompletion(
+                                **{**request, "api_base": replica.base},
+                                api_key=self._api_key,
+                                timeout=self.timeout,
+                                num_retries=0,
+                                max_retries=0,
+                            )
+                    except Exception as exc:
+                        add_usage(self, calls=1)
+                        if (
+                            len(tried) < len(replicas)
+                            and _is_transient(exc)
+                            and not is_format_refusal(exc, mode_of(request))
+                        ):
+                            logger.debug(
+                                "%s: replica %s failed (%s); failing over.",
+                                self.name,
+                                replica.base,
+                                type(exc).__name__,
+                            )
+                            continue
+                        raise
+            finally:
+                replica.in_flight -= 1
+            if reply is not None:
+                return self._litellm_reply(reply, request, output_model)
+            return self._http_reply(content, prompt, completion, request, output_model)
+
+    @staticmethod
+    def _validate(content: str, output_model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
+        """The reply as ``output_model``, or :class:`InvalidOutputError` (retried)."""
         try:
             raw = parse_json_reply(content)
             value = output_model.model_validate(raw)
@@ -764,7 +993,7 @@ class LanguageModel:
             raise InvalidOutputError(
                 f"Reply does not match {output_model.__name__}: {str(exc)[:500]}"
             ) from exc
-        return value, (prompt_tokens, completion_tokens, cost)
+        return value
 
 
 def _is_jsonable(value: Any) -> bool:

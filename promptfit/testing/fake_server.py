@@ -1071,10 +1071,20 @@ def _error_response(
     return web.json_response(payload, status=status, headers=dict(headers or {}))
 
 
-def _build_app(state: _State) -> web.Application:
+def _build_app(state: _State, max_concurrency: int = 0) -> web.Application:
     from aiohttp import web
 
+    # A real inference server has a fixed number of slots (vLLM's max_num_seqs, llama.cpp's
+    # --parallel): requests beyond it wait. ``max_concurrency`` > 0 reproduces that.
+    slots = asyncio.Semaphore(max_concurrency) if max_concurrency > 0 else None
+
     async def chat(request: web.Request) -> web.StreamResponse:
+        if slots is not None:
+            async with slots:
+                return await _counted(request)
+        return await _counted(request)
+
+    async def _counted(request: web.Request) -> web.StreamResponse:
         state.stats.in_flight += 1
         state.stats.max_in_flight = max(state.stats.max_in_flight, state.stats.in_flight)
         try:
@@ -1215,11 +1225,14 @@ def _build_app(state: _State) -> web.Application:
     return app
 
 
-async def _serve(host: str, port: int, backlog: int, parent_pid: int | None) -> None:
+async def _serve(
+    host: str, port: int, backlog: int, parent_pid: int | None, max_concurrency: int = 0
+) -> None:
     from aiohttp import web
 
     state = _State()
-    runner = web.AppRunner(_build_app(state), access_log=None, handle_signals=False)
+    app = _build_app(state, max_concurrency)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=backlog, reuse_address=True)
     await site.start()
@@ -1261,9 +1274,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this parent process goes away"
     )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=0,
+        help="requests served at once; the rest wait (0: no limit)",
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.backlog, args.parent_pid))
+        asyncio.run(
+            _serve(args.host, args.port, args.backlog, args.parent_pid, args.max_concurrency)
+        )
     return 0
 
 
@@ -1284,6 +1305,8 @@ class FakeLLMServer:
         port: TCP port; ``0`` lets the OS pick a free one.
         startup_timeout: Seconds to wait for the child to print ``READY``.
         backlog: Listen backlog of the server socket.
+        max_concurrency: Requests served at once, like an inference server's slots (vLLM's
+            ``max_num_seqs``, llama.cpp's ``--parallel``); the rest wait. 0: no limit.
 
     Example:
         >>> import asyncio, litellm
@@ -1308,8 +1331,10 @@ class FakeLLMServer:
         *,
         startup_timeout: float = 30.0,
         backlog: int = 4096,
+        max_concurrency: int = 0,
     ) -> None:
         self.host = host
+        self.max_concurrency = max_concurrency
         self._requested_port = port
         self.startup_timeout = startup_timeout
         self.backlog = backlog
@@ -1351,6 +1376,8 @@ class FakeLLMServer:
             str(self.backlog),
             "--parent-pid",
             str(os.getpid()),
+            "--max-concurrency",
+            str(self.max_concurrency),
         ]
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr
