@@ -286,3 +286,22 @@ def test_the_embedded_model_cannot_be_pointed_at_a_file(tmp_path: Path, model: s
     path = _program_file(tmp_path, model=model, api_base=None)
     with pytest.raises(UnsafeFileError, match="loads the model weights from the path"):
         pf.load_program(path)
+
+
+def test_a_cache_path_through_a_symlink_out_of_the_cwd_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 11: a relative cache path whose directory links outside the working
+    directory would write there; safe mode judges the real path."""
+    from promptfit.saving.safe_mode import check_file_language_model
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "link").symlink_to(outside, target_is_directory=True)
+    monkeypatch.chdir(work)
+    config = {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"}
+    check_file_language_model({**config, "cache": "inside/c.sqlite"}, frozenset())
+    with pytest.raises(UnsafeFileError, match="response cache"):
+        check_file_language_model({**config, "cache": "link/c.sqlite"}, frozenset())

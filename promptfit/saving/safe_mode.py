@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -182,6 +182,17 @@ def _route_problems(config: dict[str, Any], allowed: frozenset[str]) -> list[str
     ]
 
 
+def _inside_cwd(path: str) -> bool:
+    """Whether ``path`` stays in the working directory, symlinks followed (a relative path
+    through a link to ``/etc`` is as far outside as ``/etc`` itself)."""
+    if PurePath(path).is_absolute() or ".." in PurePath(path).parts:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(Path.cwd().resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a path too long
+        return False
+
+
 def check_file_language_model(config: Any, allowed_providers: frozenset[str]) -> None:
     """Refuse, in safe mode, what a file could use to steer traffic or write elsewhere.
 
@@ -201,7 +212,7 @@ def check_file_language_model(config: Any, allowed_providers: frozenset[str]) ->
     if unsafe:
         problems.append(f"it sets the litellm arguments {unsafe}")
     cache = config.get("cache")
-    if isinstance(cache, str) and (PurePath(cache).is_absolute() or ".." in PurePath(cache).parts):
+    if isinstance(cache, str) and not _inside_cwd(cache):
         problems.append(f"it writes its response cache to {cache!r}")
     if problems:
         raise UnsafeFileError(
