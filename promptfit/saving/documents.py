@@ -13,6 +13,9 @@ import os
 import stat
 from typing import Any
 
+from promptfit.data.adapters import check_text
+from promptfit.errors import DataError
+
 __all__ = ["MAX_DOCUMENT_BYTES", "DocumentError", "parse_document", "read_regular_file"]
 
 # Larger than any file promptfit writes by orders of magnitude; a bigger "program" or "backup"
@@ -22,24 +25,6 @@ MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 
 class DocumentError(ValueError):
     """Why a document cannot be read; ``str(error)`` completes "<path> ..."."""
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether any string (key or value) in a parsed JSON document is not encodable text."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def parse_document(raw: str | bytes, expected_format: str, max_version: int) -> dict[str, Any]:
@@ -60,10 +45,12 @@ def parse_document(raw: str | bytes, expected_format: str, max_version: int) -> 
         raise DocumentError(
             "nests JSON too deeply to be a promptfit file; the file is corrupt"
         ) from None
-    if _has_lone_surrogate(data):
+    try:
         # "\ud800" is valid JSON but no valid text: it cannot be encoded to send to a model,
         # hash for the cache or write back, so it would fail later, after LM calls.
-        raise DocumentError("holds a lone UTF-16 surrogate (\\ud800-\\udfff); the file is corrupt")
+        check_text(data, "it")
+    except DataError as error:
+        raise DocumentError(f"{str(error)[3:].rstrip('.')}; the file is corrupt") from None
     if not isinstance(data, dict) or data.get("format") != expected_format:
         tag = data.get("format") if isinstance(data, dict) else None
         raise DocumentError(f"is not a {expected_format} file (format tag: {tag!r:.80})")
