@@ -874,16 +874,10 @@ class LanguageModel:
         completion_tokens = int(getattr(usage_info, "completion_tokens", 0) or 0)
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = float(hidden.get("response_cost") or 0.0)
-        add_usage(
-            self,
-            calls=1,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost=cost,
-        )
-        self._mode_works(mode_of(request))
         content = response.choices[0].message.content or ""
-        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
+        return self._counted_reply(
+            content, prompt_tokens, completion_tokens, cost, request, output_model
+        )
 
     async def _attempt_http(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
@@ -909,6 +903,21 @@ class LanguageModel:
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
         """Count and validate a lean-path reply (cost as litellm would report it)."""
         cost = _http.token_cost(self.model, prompt_tokens, completion_tokens)
+        return self._counted_reply(
+            content, prompt_tokens, completion_tokens, cost, request, output_model
+        )
+
+    def _counted_reply(
+        self,
+        content: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        request: dict[str, Any],
+        output_model: type[pydantic.BaseModel],
+    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
+        """What both transports do with an answered request: count it, note that its
+        structured-output mode works, validate the reply."""
         add_usage(
             self,
             calls=1,
