@@ -89,6 +89,19 @@ def _is_permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in _PERMANENT_CODES
 
 
+def _warn_from_worker(message: str) -> None:
+    """Warn from the upload thread without letting the warning become the thread's error.
+
+    Where warnings are errors (``-W error``, a test suite's filters), ``warnings.warn`` raises;
+    inside the worker that exception would be taken for a failed upload and reported as the
+    server being unreachable, a second, false warning. The message is logged instead.
+    """
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    except Warning:
+        logger.warning(message)
+
+
 def _check_prompt_name(template: str) -> str:
     """``prompt_name`` must format with ``program`` and ``module`` (checked at construction)."""
     try:
@@ -800,11 +813,9 @@ class _Session:
             if _is_permanent(exc):
                 self.disabled = True
                 detail = scrub_secrets(str(exc), self.secrets)[:300]
-                warnings.warn(
+                _warn_from_worker(
                     f"promptfit: MLflow rejected the Monitor's run ({detail}); tracking is off "
-                    "for this fit. Training continues.",
-                    RuntimeWarning,
-                    stacklevel=2,
+                    "for this fit. Training continues."
                 )
                 return
             self.down = True
@@ -941,11 +952,9 @@ class _Session:
         logger.debug("MLflow rejected %s: %s", what, detail)
         if not getattr(self, "_warned_rejected", False):
             self._warned_rejected = True
-            warnings.warn(
+            _warn_from_worker(
                 f"promptfit: MLflow rejected the Monitor's {what} ({detail}); the run's params "
-                "and metrics are still tracked. Training continues.",
-                RuntimeWarning,
-                stacklevel=2,
+                "and metrics are still tracked. Training continues."
             )
 
     def _send_datasets(self, client: Any) -> None:
