@@ -20,18 +20,7 @@ import promptfit as pf
 from promptfit.errors import SerializationError, UnsafeFileError
 from tests import _network_guard
 from tests.conftest import Answer, Query, arithmetic_data
-
-
-def _program_file(tmp_path: Path, **lm_config: Any) -> Path:
-    """A program file whose language model config is edited the way an attacker would."""
-    lm = pf.LanguageModel(model="openai/arith", api_base="http://127.0.0.1:9/v1", name="m")
-    inputs = pf.Input(data_model=Query)
-    outputs = asyncio.run(pf.Generator(data_model=Answer, language_model=lm, name="g")(inputs))
-    path = pf.Program(inputs=inputs, outputs=outputs, name="p").save(tmp_path / "p.json")
-    data = json.loads(path.read_text())
-    data["config"]["modules"]["g"]["config"]["language_model"].update(lm_config)
-    path.write_text(json.dumps(data))
-    return path
+from tests.test_saving import _saved_with_lm as _program_file
 
 
 # -- the network guard ---------------------------------------------------------------------------

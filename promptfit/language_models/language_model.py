@@ -844,6 +844,16 @@ class LanguageModel:
                 "without auth, pass any placeholder key)."
             ) from exc
 
+    async def _litellm_send(self, request: dict[str, Any]) -> Any:
+        """One request through litellm, with its own retries off: ours decide (and count)."""
+        return await get_litellm().acompletion(
+            **request,
+            api_key=self._api_key,
+            timeout=self.timeout,
+            num_retries=0,
+            max_retries=0,
+        )
+
     async def _attempt(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
@@ -853,13 +863,7 @@ class LanguageModel:
             return await self._attempt_http(request, output_model)
         async with self._limiter():
             try:
-                response = await get_litellm().acompletion(
-                    **request,
-                    api_key=self._api_key,
-                    timeout=self.timeout,
-                    num_retries=0,
-                    max_retries=0,
-                )
+                response = await self._litellm_send(request)
             except Exception:
                 add_usage(self, calls=1)  # every request sent is a call, refused ones too
                 raise
@@ -964,13 +968,7 @@ class LanguageModel:
                             content, prompt, completion = await replica.http.complete(request)
                             reply = None
                         else:
-                            reply = await get_litellm().acompletion(
-                                **{**request, "api_base": replica.base},
-                                api_key=self._api_key,
-                                timeout=self.timeout,
-                                num_retries=0,
-                                max_retries=0,
-                            )
+                            reply = await self._litellm_send({**request, "api_base": replica.base})
                     except Exception as exc:
                         add_usage(self, calls=1)
                         if (
