@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +14,9 @@ from _local_model_support import pytest_collection_modifyitems  # noqa: F401  (a
 
 import promptfit as pf
 from promptfit.testing import FakeLLMServer
+
+# Model-name tags unique across the whole test process (see make_lm).
+_TAGS = itertools.count()
 
 pytest_plugins = ["tests._network_guard"]  # refuse and fail any traffic beyond loopback
 
@@ -50,14 +54,15 @@ def lm_transport() -> str:
 def make_lm(llm_server: FakeLLMServer, lm_transport: str) -> Callable[..., pf.LanguageModel]:
     """Build a LanguageModel on the fake server: ``make_lm("arith", latency_ms=5)``.
 
-    A unique ``tag`` keeps each test's request memory (fail_first...) separate.
+    A unique ``tag`` keeps each test's request memory (fail_first...) and the client's
+    negotiated-format memory separate. The counter is process-wide: a per-test counter
+    with ``id(factory)`` repeated tags once a collected closure's id was reused.
     """
-    counter = iter(range(1_000_000))
 
     def factory(
         brain: str = "arith", *, lm_kwargs: dict[str, Any] | None = None, **options: Any
     ) -> pf.LanguageModel:
-        options.setdefault("tag", f"{os.getpid()}-{id(factory)}-{next(counter)}")
+        options.setdefault("tag", f"{os.getpid()}-{next(_TAGS)}")
         kwargs = {
             "max_retries": 3,
             "retry_min_wait": 0.01,

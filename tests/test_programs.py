@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,10 +56,14 @@ def test_failed_calls_give_none_and_zero_reward(make_lm: Callable[..., pf.Langua
         program = await _functional(lm)
         program.compile(reward=pf.rewards.ExactMatch())
         x, y = arithmetic_data(20)
-        scores = await program.evaluate(x, y, verbose=0)
+        # Half the calls fail at random, so the first few to finish may all be failures;
+        # fail-fast has its own tests (test_structured_output) and is not the subject here.
+        scores = await program.evaluate(x, y, verbose=0, fail_fast=False)
         return scores, await program.predict(x, verbose=0)
 
-    scores, preds = asyncio.run(run())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The first 5 LM calls", RuntimeWarning)
+        scores, preds = asyncio.run(run())
     failed = sum(p is None for p in preds)
     assert 0 < scores["failed_calls"] < 20
     assert scores["reward"] == pytest.approx(1 - scores["failed_calls"] / 20)
