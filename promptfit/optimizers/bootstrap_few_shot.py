@@ -15,13 +15,11 @@ set.
 from __future__ import annotations
 
 import copy
-import json
 from typing import TYPE_CHECKING, Any
-
-import pydantic
 
 from promptfit.errors import ConfigurationError
 from promptfit.language_models.language_model import LanguageModel
+from promptfit.optimizers.demonstrations import add_demo, demo_key, label_demo, sample_diverse
 from promptfit.optimizers.optimizer import PopulationOptimizer
 from promptfit.variables.overrides import override_language_model
 
@@ -31,10 +29,6 @@ if TYPE_CHECKING:
     from promptfit.training.trainer import BatchOutcome
 
 __all__ = ["BootstrapFewShot"]
-
-
-def _json_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 class BootstrapFewShot(PopulationOptimizer):
@@ -51,7 +45,9 @@ class BootstrapFewShot(PopulationOptimizer):
     search: the first is labelled demonstrations only, the second the first
     ``max_bootstrapped_demos`` bootstrapped ones in the order they were found, then random
     subsets of random size in ``[1, max_bootstrapped_demos]``; each is topped up with labelled
-    demonstrations to ``max_labeled_demos`` in total. Candidates race the current variables on
+    demonstrations to ``max_labeled_demos`` in total. Random subsets and top-ups are spread
+    over the distinct outputs (balanced labels for a classifier; see
+    :mod:`promptfit.optimizers.demonstrations`). Candidates race the current variables on
     paired evidence and, with validation data, each epoch ends on the best validated one (see
     :class:`~promptfit.optimizers.PopulationOptimizer`).
 
@@ -156,29 +152,8 @@ class BootstrapFewShot(PopulationOptimizer):
         return []
 
     # -- harvesting ------------------------------------------------------------------------
-    @staticmethod
-    def _add(pool: list[dict[str, Any]], inputs: dict[str, Any], outputs: Any, cap: int) -> None:
-        key = _json_key(inputs)
-        if any(_json_key(d["inputs"]) == key for d in pool):
-            return
-        pool.append({"inputs": copy.deepcopy(inputs), "outputs": copy.deepcopy(outputs)})
-        del pool[: max(0, len(pool) - cap)]
-
     def _trainable_generators(self) -> set[str]:
         return {v.path.split("/", 1)[0] for v in self.program.trainable_variables}
-
-    def _label(self, module_name: str, x: Any, y: Any, inputs: dict[str, Any]) -> Any:
-        """The label as a demonstration, when the generator maps the program input to y."""
-        module = self.program.get_module(module_name)
-        output_model = getattr(module, "output_data_model", None)
-        if output_model is None or not hasattr(x, "model_dump") or not isinstance(y, dict):
-            return None
-        if x.model_dump(mode="json") != inputs:
-            return None
-        try:
-            return output_model.model_validate(y).model_dump(mode="json")
-        except pydantic.ValidationError:
-            return None
 
     async def _teacher_traces(
         self, xs: list[Any], ys: list[Any]
@@ -199,7 +174,7 @@ class BootstrapFewShot(PopulationOptimizer):
         """Trace the batch's new examples and harvest demonstrations from the good runs."""
         seen = set(self.traced)
         new = [
-            i for i, x in enumerate(outcome.x) if _json_key(x.model_dump(mode="json")) not in seen
+            i for i, x in enumerate(outcome.x) if demo_key(x.model_dump(mode="json")) not in seen
         ]
         if not new:
             return
@@ -212,16 +187,16 @@ class BootstrapFewShot(PopulationOptimizer):
             traces, rewards = await self._teacher_traces(xs, ys)
         trainable = self._trainable_generators()
         for x, y, example_traces, reward in zip(xs, ys, traces, rewards, strict=True):
-            self.traced.append(_json_key(x.model_dump(mode="json")))
+            self.traced.append(demo_key(x.model_dump(mode="json")))
             for trace in example_traces:
                 if trace.module not in trainable:
                     continue
                 if reward >= self.min_reward and trace.outputs is not None:
                     pool = self.bootstrapped.setdefault(trace.module, [])
-                    self._add(pool, trace.inputs, trace.outputs, self.max_pool)
-                label = self._label(trace.module, x, y, trace.inputs)
+                    add_demo(pool, trace.inputs, trace.outputs, self.max_pool)
+                label = label_demo(self.program, trace.module, x, y, trace.inputs)
                 if label is not None:
-                    self._add(
+                    add_demo(
                         self.labeled.setdefault(trace.module, []),
                         trace.inputs,
                         label,
@@ -239,12 +214,10 @@ class BootstrapFewShot(PopulationOptimizer):
             chosen = boot[: self.max_bootstrapped_demos]
         else:
             size = self.rng.randint(1, min(self.max_bootstrapped_demos, len(boot)))
-            chosen = self.rng.sample(boot, size)
+            chosen = sample_diverse(self.rng, boot, size)
         room = self.max_labeled_demos - len(chosen)
         if room > 0 and labeled:
-            taken = {_json_key(d["inputs"]) for d in chosen}
-            spare = [d for d in labeled if _json_key(d["inputs"]) not in taken]
-            chosen = [*chosen, *self.rng.sample(spare, min(room, len(spare)))]
+            chosen = [*chosen, *sample_diverse(self.rng, labeled, room, already=chosen)]
         return copy.deepcopy(chosen)
 
     async def propose(self, parent: dict[str, Any], outcome: BatchOutcome) -> dict[str, Any] | None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import TYPE_CHECKING, Any
 
-import pydantic
-
+from promptfit.optimizers.demonstrations import add_demo, label_demo, sample_diverse
 from promptfit.optimizers.optimizer import PopulationOptimizer
 from promptfit.training.arguments import check_int, check_number
 
@@ -22,7 +20,9 @@ class RandomFewShot(PopulationOptimizer):
 
     After each training batch, the generator inputs and outputs of every example whose reward
     reached ``min_reward`` join a pool of demonstrations (per generator, deduplicated). Example
-    sets of ``k`` demonstrations are sampled as challengers (up to ``num_candidates`` racing at
+    sets of ``k`` demonstrations are sampled as challengers, spread over the distinct outputs
+    in the pool (balanced labels for a classifier: see
+    :mod:`promptfit.optimizers.demonstrations`) (up to ``num_candidates`` racing at
     a time, scored concurrently); one replaces the current variables only when it wins its
     race (see :class:`~promptfit.optimizers.PopulationOptimizer`).
 
@@ -81,25 +81,7 @@ class RandomFewShot(PopulationOptimizer):
         self.pool: dict[str, list[dict[str, Any]]] = {}
 
     def _add(self, module: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-        pool = self.pool.setdefault(module, [])
-        key = json.dumps(inputs, sort_keys=True)
-        if any(json.dumps(d["inputs"], sort_keys=True) == key for d in pool):
-            return
-        pool.append({"inputs": inputs, "outputs": outputs})
-        del pool[: max(0, len(pool) - self.max_pool)]
-
-    def _label_demo(self, module_name: str, x: Any, y: Any, inputs: dict[str, Any]) -> Any:
-        """The ground truth as a demonstration, when the generator maps x to y directly."""
-        module = self.program.get_module(module_name)
-        output_model = getattr(module, "output_data_model", None)
-        if output_model is None or not hasattr(x, "model_dump") or not isinstance(y, dict):
-            return None
-        if x.model_dump(mode="json") != inputs:
-            return None
-        try:
-            return output_model.model_validate(y).model_dump(mode="json")
-        except pydantic.ValidationError:
-            return None
+        add_demo(self.pool.setdefault(module, []), inputs, outputs, self.max_pool)
 
     def observe(self, outcome: BatchOutcome) -> None:
         for x, y, traces, reward in zip(
@@ -109,7 +91,7 @@ class RandomFewShot(PopulationOptimizer):
                 if reward >= self.min_reward and trace.outputs is not None:
                     self._add(trace.module, trace.inputs, trace.outputs)
                 elif self.use_labels:
-                    label = self._label_demo(trace.module, x, y, trace.inputs)
+                    label = label_demo(self.program, trace.module, x, y, trace.inputs)
                     if label is not None:
                         self._add(trace.module, trace.inputs, label)
 
@@ -121,8 +103,7 @@ class RandomFewShot(PopulationOptimizer):
             pool = self.pool.get(module)
             if not pool or "examples" not in value:
                 continue
-            chosen = self.rng.sample(pool, min(self.k, len(pool)))
-            value["examples"] = copy.deepcopy(chosen)
+            value["examples"] = sample_diverse(self.rng, pool, self.k)
             changed = True
         return candidate if changed else None
 
