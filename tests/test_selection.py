@@ -120,6 +120,39 @@ def test_each_epoch_ends_on_the_best_validated_candidate(
     assert optimizer.validated[chosen]["val_reward"] == pytest.approx(best)
 
 
+def test_validation_also_judges_the_best_candidates_that_lost_their_race(
+    calc_program: Callable[..., Any],
+) -> None:
+    """Races that end without a verdict must not hide a better candidate from validation.
+
+    ``min_examples=2``: the prompt as written (no demonstrations) is always wrong, every
+    2-demonstration set always right. ``confidence=0.999`` with ``max_looks=1`` drops every
+    challenger after one 4-example look (4 wins give p = 1/16), so no race is ever won and no
+    challenger is racing at the epoch end; the epoch end must still validate the candidates
+    with the best training reward and move to one of them.
+    """
+
+    async def run() -> tuple[pf.optimizers.RandomFewShot, dict[str, Any]]:
+        optimizer = pf.optimizers.RandomFewShot(
+            k=2, num_candidates=2, confidence=0.999, max_looks=1
+        )
+        program = await calc_program("arith", min_examples=2, optimizer=optimizer)
+        history = await program.fit(
+            *arithmetic_data(16),
+            epochs=1,
+            batch_size=4,
+            validation_data=arithmetic_data(6, offset=300),
+            verbose=0,
+            seed=3,
+        )
+        return optimizer, history.history
+
+    optimizer, history = asyncio.run(run())
+    assert optimizer.decisions["accepted"] == 0 and optimizer.decisions["rejected"] >= 2
+    assert history["val_reward"] == [1.0]
+    assert optimizer.moves == 1 and len(optimizer.validated) >= 2
+
+
 @pytest.mark.parametrize("budget", [40, 97])
 def test_max_lm_calls_bounds_the_fit_and_every_call_is_logged(
     calc_program: Callable[..., Any], budget: int

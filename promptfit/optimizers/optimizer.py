@@ -136,8 +136,9 @@ class PopulationOptimizer(Optimizer):
     moves in fewer than 5 % of races.
 
     With validation data, at each epoch end every incumbent of the epoch that has no
-    validation score yet, and up to ``num_candidates`` challengers that have won more examples
-    than they lost (or that the budget left no training data to race on), are scored on the
+    validation score yet, and up to ``num_candidates`` challengers -- first those racing with
+    more examples won than lost (or that the budget left no training data to race on), then
+    the best by training reward among the others scored so far -- are scored on the
     validation set (concurrently); the program ends the epoch on the best candidate by
     validation reward among all validated so far (the current variables win ties). Validation
     thus decides what a race could not settle before the epoch (or the budget) ended, on data
@@ -385,7 +386,19 @@ class PopulationOptimizer(Optimizer):
             ),
             key=lambda r: (r.looks == 0, r.p_value, -r.diff_sum),
         )
-        pending += [(r.key, r.variables) for r in leading[: self.num_candidates]]
+        chosen = [(r.key, r.variables) for r in leading[: self.num_candidates]]
+        # Free slots go to the candidates with the best training reward so far (races end
+        # early on futility or the budget; a dropped candidate may still be the best one,
+        # and the validation set, which no race saw, is the fairer judge).
+        taken = {key for key, _ in pending} | {key for key, _ in chosen} | set(self.validated)
+        runners_up = sorted(
+            (m for m in self.population if m["key"] not in taken and m["key"] != current_key),
+            key=lambda m: (-m["score"], -m["evals"]),
+        )
+        chosen += [
+            (m["key"], m["variables"]) for m in runners_up[: self.num_candidates - len(chosen)]
+        ]
+        pending += chosen
         pending.sort(key=lambda item: item[0] != current_key)  # the incumbent first
         if len(self.validated) + len(pending) < 2:
             return  # nothing to choose between: fit's own validation pass scores the incumbent
