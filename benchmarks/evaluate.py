@@ -523,7 +523,7 @@ async def bench_fit(
 
     kinds = ["evaluate", *args.fit_optimizers]
     series: dict[tuple[str, str], Series] = {}
-    for transport in ("litellm", "http"):
+    for transport in args.fit_transports:
         await run_once(transport, "evaluate", 0)  # warm-up: imports, pools
         for kind in kinds:
             series[transport, kind] = Series(f"{transport} {kind}")
@@ -827,6 +827,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["RandomFewShot", "BootstrapFewShot"],
         default=["RandomFewShot", "BootstrapFewShot"],
         help="optimizers --fit times, each with num_candidates=4",
+    )
+    parser.add_argument(
+        "--fit-transports",
+        nargs="+",
+        choices=["litellm", "http"],
+        default=["litellm", "http"],
+        help="transports --fit times",
     )
     parser.add_argument(
         "--no-cache-hits",

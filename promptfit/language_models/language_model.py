@@ -291,11 +291,11 @@ class LanguageModel:
             ``"local/gemma-3-270m"`` for the embedded offline model (``promptfit[local]``).
             A string litellm cannot route raises :class:`~promptfit.errors.LMConfigurationError`.
         api_base: Endpoint URL for OpenAI-compatible servers, or a list of the URLs of several
-            replicas of one model (vLLM/SGLang instances...). With a list, each request goes
-            to the replica with the fewest requests in flight, ``max_concurrency`` bounds each
-            replica, and a transient error (5xx, 429, timeout, refused connection) is sent at
-            once to another replica before the usual retries. Usage counts every request
-            sent, and the tokens of the one reply used.
+            replicas of one model (vLLM/SGLang instances...). With a list, each request waits
+            for a free slot on any replica (``max_concurrency`` bounds each one) and goes to
+            the replica with the fewest requests in flight, and a transient error (5xx, 429,
+            timeout, refused connection) is sent at once to another replica before the usual
+            retries. Usage counts every request sent, and the tokens of the one reply used.
         api_key: The key. Used for requests only: never saved, cached, logged or tracked.
         max_concurrency: Most requests in flight at once for this model (per replica when
             ``api_base`` is a list).
