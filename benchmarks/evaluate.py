@@ -1,27 +1,31 @@
-"""Benchmark: ``program.evaluate`` against the same requests sent through raw litellm.
+"""Benchmark: promptfit's hot path (``evaluate``, ``fit``) against bare clients, litellm, DSPy.
 
-What it measures, in one process and one event loop:
+Sections, each against :class:`~promptfit.testing.FakeLLMServer` (a real OpenAI-compatible
+HTTP server in a child process, its CPU not counted as the client's) with ``--latency-ms`` of
+latency per request:
 
-* **raw litellm** -- ``n`` calls to ``litellm.acompletion`` at ``--concurrency`` (an
-  ``asyncio.Semaphore``), with exactly the messages, ``response_format`` and call options that
-  promptfit sends (built with the generator's own ``messages()``);
-* **promptfit, cache off** -- ``program.evaluate`` on the same ``n`` examples: one
-  ``pf.Generator``, ``ExactMatch`` reward, ``LanguageModel(max_concurrency=..., cache=False)``
-  so every example really reaches the server (replies are parsed and validated as usual);
-* **promptfit, cache on** -- a second evaluation with a warm in-memory cache: 0 LM calls;
-* **framework only** (diagnostic, reported separately) -- the raw loop and the evaluation again
-  with ``litellm.acompletion`` replaced by replayed server replies, to isolate promptfit's CPU.
+* **clients** (``--concurrency 64 256``) -- the same ``--n`` requests (the generator's own
+  messages and ``response_format``) from a bare aiohttp client, a bare httpx client, raw
+  ``litellm.acompletion``, promptfit ``evaluate`` on each transport (``"litellm"`` and
+  ``"http"``) and DSPy ``Evaluate`` when ``dspy`` is importable; wall time, CPU per call;
+* **replicas** (``--replicas 1 2 4``) -- promptfit over 1, 2, 4 replicas of a server that
+  serves ``--replica-slots`` requests at once, against a bare aiohttp client over the same
+  replicas, with the replicas' CPU, the machine's busy share and its load average, at each
+  ``--replica-latency-ms``;
+* **fit** (``--fit``) -- ``fit`` with ``num_candidates=4`` (``RandomFewShot`` and
+  ``BootstrapFewShot``) on ``--fit-n`` examples against ``evaluate`` on the same examples,
+  wall time per LM call, CPU per call, LM calls, on each transport;
+* **cache hits** -- re-evaluating the ``--n`` examples from a warm response cache.
 
-The LLM is :class:`~promptfit.testing.FakeLLMServer` (a real OpenAI-compatible HTTP server in a
-child process, so its CPU is not counted) with ``--latency-ms`` of latency per request. For each
-run it records wall time and this process's CPU time (``time.process_time``, all threads), and
-checks with the server's own counters how many requests arrived. Runs alternate their order and
-repeat ``--repeats`` times; the table shows medians.
+Runs rotate their order per repeat and the tables show medians of ``--repeats``; every run
+starts after a full collection and is checked against the server's own request counters.
+See ``docs/benchmarks.md`` for the measured results and how to read them.
 
 Usage::
 
     LITELLM_LOCAL_MODEL_COST_MAP=True python benchmarks/evaluate.py \\
-        --n 1000 --concurrency 64 --latency-ms 50 --repeats 3
+        --n 1000 --concurrency 64 256 --latency-ms 50 --repeats 3 \\
+        --replicas 1 2 4 --replica-latency-ms 50 200 --fit
 """
 
 from __future__ import annotations
@@ -169,12 +173,14 @@ def raw_requests(
     assert isinstance(generator, pf.Generator)
     schema = json_schema_of(Answer)
     requests = []
+    # With replicas the request names the first one (the transport sends it where it goes).
+    api_base = lm.api_base[0] if isinstance(lm.api_base, list) else lm.api_base
     for x in xs:
         request: dict[str, Any] = {
             "model": lm.model,
             "messages": generator.messages(x),
             "temperature": lm.temperature,
-            "api_base": lm.api_base,
+            "api_base": api_base,
             "response_format": response_format(Answer.__name__, schema),
         }
         requests.append(request)
@@ -323,6 +329,7 @@ async def bench(args: argparse.Namespace) -> int:
     n = args.n
     xs, ys = make_dataset(n)
     out: list[str] = []
+    keep: list[Any] = []  # programs stay alive until the loop closes their sessions
     summary: dict[str, Any] = {"n": n, "latency_ms": args.latency_ms, "runs": {}}
     wrong: list[str] = []
 
@@ -353,6 +360,7 @@ async def bench(args: argparse.Namespace) -> int:
             programs = {
                 t: await build_program(make_lm(t, concurrency)) for t in ("litellm", "http")
             }
+            keep.extend(programs.values())
             lm = programs["http"].language_models[0]
             requests = raw_requests(programs["http"], lm, xs)
             warm_xs, warm_ys = make_dataset(min(n, 2 * concurrency), seed=concurrency)
@@ -420,27 +428,32 @@ async def bench(args: argparse.Namespace) -> int:
             }
 
         if args.replicas:
-            out.append(await bench_replicas(args, xs, ys, log, wrong))
+            out.append(await bench_replicas(args, xs, ys, wrong, keep))
 
-        # Cache-hit re-evaluation: one (untimed) evaluation fills the cache.
-        cached = await build_program(make_lm("auto", args.concurrency[0], cache=True))
-        await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
+        if args.fit:
+            out.append(await bench_fit(args, srv, wrong, keep))
 
-        async def w_cached() -> tuple[int, float | None]:
-            return await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
+        if args.cache_hits:
+            # Cache-hit re-evaluation: one (untimed) evaluation fills the cache.
+            cached = await build_program(make_lm("auto", (args.concurrency or [64])[0], True))
+            keep.append(cached)
+            await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
 
-        hits = Series("promptfit evaluate, every reply cached")
-        for repeat in range(args.repeats):
-            run = await _timed(w_cached, srv, 0.0)
-            hits.runs.append(run)
-            log(f"cached {repeat + 1}", run)
-            if run.calls != 0 or run.server_requests != 0:
-                wrong.append(f"cached: {run.calls} calls, {run.server_requests} requests")
-        out.append(
-            f"cache-hit re-evaluation of {n} examples: wall {_fmt(hits.median('wall'))} s, "
-            f"CPU {_fmt(hits.median('cpu') / n * 1000, 3)} ms per example, 0 LM calls"
-        )
-        summary["runs"]["cached"] = [r.__dict__ for r in hits.runs]
+            async def w_cached() -> tuple[int, float | None]:
+                return await promptfit_evaluate(cached, xs, ys, args.batch_size or n)
+
+            hits = Series("promptfit evaluate, every reply cached")
+            for repeat in range(args.repeats):
+                run = await _timed(w_cached, srv, 0.0)
+                hits.runs.append(run)
+                log(f"cached {repeat + 1}", run)
+                if run.calls != 0 or run.server_requests != 0:
+                    wrong.append(f"cached: {run.calls} calls, {run.server_requests} requests")
+            out.append(
+                f"cache-hit re-evaluation of {n} examples: wall {_fmt(hits.median('wall'))} s, "
+                f"CPU {_fmt(hits.median('cpu') / n * 1000, 3)} ms per example, 0 LM calls"
+            )
+            summary["runs"]["cached"] = [r.__dict__ for r in hits.runs]
 
     print(
         f"promptfit benchmark: evaluate {n} examples, server latency {args.latency_ms:g} ms, "
@@ -464,64 +477,284 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+async def bench_fit(
+    args: argparse.Namespace, srv: FakeLLMServer, wrong: list[str], keep: list[Any]
+) -> str:
+    """``fit`` with ``num_candidates=4`` against ``evaluate``, wall time per LM call.
+
+    On the same server, with the same language model settings and transport: ``evaluate``
+    on the ``--fit-n`` examples (one batch, ``max_concurrency`` bounding the calls), and
+    one epoch of ``fit(batch_size=max_concurrency)`` on the same examples, whose every step
+    runs the batch and then scores the four challengers together (4 x batch requests). The
+    model answers right with probability 0.7 (deterministic per prompt), so the races have
+    something to decide. The per-call ratio says whether ``fit`` keeps the language model as
+    busy as ``evaluate`` does; CPU per call includes the optimizer's own work.
+    """
+    n, concurrency = args.fit_n, (args.concurrency or [64])[0]
+    xs, ys = make_dataset(n, seed=11)
+    model = FakeLLMServer.model("arith", latency_ms=args.latency_ms, accuracy=0.7)
+
+    def optimizer(name: str) -> pf.optimizers.Optimizer:
+        if name == "RandomFewShot":
+            return pf.optimizers.RandomFewShot(k=2, num_candidates=4)
+        return pf.optimizers.BootstrapFewShot(
+            max_bootstrapped_demos=2, max_labeled_demos=2, num_candidates=4
+        )
+
+    async def run_once(transport: str, kind: str, seed: int) -> tuple[int, float | None]:
+        lm = pf.LanguageModel(
+            model,
+            api_base=srv.base_url,
+            api_key=API_KEY,
+            max_concurrency=concurrency,
+            cache=False,
+            timeout=TIMEOUT,
+            transport=transport,  # type: ignore[arg-type]
+        )
+        program = await build_program(lm)
+        keep.append(program)
+        if kind == "evaluate":
+            calls, reward = await promptfit_evaluate(program, xs, ys, n)
+            return calls, reward
+        program.compile(reward=pf.rewards.ExactMatch(), optimizer=optimizer(kind))
+        before = lm.usage.calls
+        await program.fit(xs, ys, batch_size=concurrency, epochs=1, verbose=0, seed=seed)
+        return lm.usage.calls - before, None
+
+    kinds = ["evaluate", *args.fit_optimizers]
+    series: dict[tuple[str, str], Series] = {}
+    for transport in args.fit_transports:
+        await run_once(transport, "evaluate", 0)  # warm-up: imports, pools
+        for kind in kinds:
+            series[transport, kind] = Series(f"{transport} {kind}")
+        for repeat in range(args.repeats):
+            for kind in kinds[repeat % len(kinds) :] + kinds[: repeat % len(kinds)]:
+
+                async def work(t: str = transport, k: str = kind, r: int = repeat) -> Any:
+                    return await run_once(t, k, r)
+
+                run = await _timed(work, srv, args.settle)
+                series[transport, kind].runs.append(run)
+                print(
+                    f"  fit bench {transport} {kind} repeat {repeat + 1}: wall {run.wall:.3f} s, "
+                    f"cpu {run.cpu:.3f} s, calls {run.calls}, server {run.server_requests}",
+                    file=sys.stderr,
+                )
+                if run.calls != run.server_requests:
+                    wrong.append(
+                        f"fit bench {transport} {kind}: {run.calls} calls, "
+                        f"{run.server_requests} requests"
+                    )
+    lines = [
+        f"fit against evaluate: {n} examples, server latency {args.latency_ms:g} ms, "
+        f"max_concurrency={concurrency}; fit(batch_size={concurrency}, epochs=1), "
+        "num_candidates=4 (RandomFewShot(k=2), BootstrapFewShot(2 bootstrapped + 2 labelled))",
+        "",
+        "| transport | run | wall (s) | LM calls | server requests | wall per call (ms) "
+        "| CPU per call (ms) | per-call wall / evaluate's (paired) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (transport, kind), ser in series.items():
+        base = series[transport, "evaluate"]
+        ratios = [
+            (r.wall / r.calls) / (b.wall / b.calls)
+            for r, b in zip(ser.runs, base.runs, strict=True)
+            if r.calls and b.calls
+        ]
+        per_call = statistics.median(r.wall / r.calls * 1000 for r in ser.runs if r.calls)
+        cpu_call = statistics.median(r.cpu / r.calls * 1000 for r in ser.runs if r.calls)
+        label = "evaluate" if kind == "evaluate" else f"fit, {kind}(num_candidates=4)"
+        lines.append(
+            f"| {transport} | {label} | {_fmt(ser.median('wall'))} | {int(ser.median('calls'))} "
+            f"| {int(ser.median('server_requests'))} | {per_call:.2f} | {cpu_call:.2f} "
+            f"| {statistics.median(ratios):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a child process has used, from ``/proc`` (Linux only)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _machine_ticks() -> tuple[int, int] | None:
+    """``(idle, total)`` CPU ticks of the whole machine since boot (Linux only)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return values[3] + values[4], sum(values)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class ReplicaRun:
+    """One timed run over replicas, with where the CPU went."""
+
+    wall: float
+    client_cpu: float
+    server_cpu: float | None
+    machine_busy: float | None
+    load: float
+    calls: int
+
+
+async def _timed_replicas(
+    work: Callable[[], Awaitable[int]], servers: list[FakeLLMServer]
+) -> ReplicaRun:
+    """Wall time, this process's CPU, the servers' CPU and the machine's busy share.
+
+    The servers' CPU is read from ``/proc`` for their processes; the machine's busy share
+    counts every process on the machine (other users' included): near 100 % means the
+    cores, not the spreading, bound the run.
+    """
+    pids = [s.pid for s in servers if s.pid is not None]
+    gc.collect()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    servers0 = [_process_cpu(pid) for pid in pids]
+    ticks0 = _machine_ticks()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    calls = await work()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    ticks1 = _machine_ticks()
+    servers1 = [_process_cpu(pid) for pid in pids]
+    server_cpu: float | None = None
+    if all(v is not None for v in (*servers0, *servers1)):
+        server_cpu = sum(b - a for a, b in zip(servers0, servers1, strict=True))  # type: ignore[operator]
+    busy: float | None = None
+    if ticks0 and ticks1 and ticks1[1] > ticks0[1]:
+        busy = 1 - (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1])
+    return ReplicaRun(wall, cpu, server_cpu, busy, load, calls)
+
+
+async def bare_replicas(
+    urls: list[str], bodies: list[dict[str, Any]], slots: int, session: Any
+) -> int:
+    """The same bodies from a bare aiohttp client: ``slots`` workers per replica, pulling
+    from one queue (the best a client can spread the load), reply JSON parsed."""
+    queue = list(reversed(bodies))
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    done = 0
+
+    async def worker(url: str) -> None:
+        nonlocal done
+        while queue:
+            body = queue.pop()
+            async with session.post(url, json=body, headers=headers) as response:
+                data = json.loads(await response.text())
+            done += bool(data["choices"][0]["message"]["content"])
+
+    await asyncio.gather(*(worker(url) for url in urls for _ in range(slots)))
+    return done
+
+
 async def bench_replicas(
     args: argparse.Namespace,
     xs: list[Query],
     ys: list[Answer],
-    log: Callable[[str, Run], None],
     wrong: list[str],
+    keep: list[Any],
 ) -> str:
-    """Throughput over 1, 2, 4... replicas of a server that serves 16 requests at once.
+    """Throughput over 1, 2, 4... replicas of a server that serves ``--replica-slots`` at once.
 
-    One ``LanguageModel(api_base=[...], max_concurrency=16, transport="http")``: 16 requests
-    per replica in flight, the server's own slot limit (``FakeLLMServer(max_concurrency=16)``)
-    making the rest wait, as vLLM's ``max_num_seqs`` would.
+    promptfit: one ``LanguageModel(api_base=[...], max_concurrency=slots, transport="http")``,
+    ``slots`` requests per replica in flight, the server's own slot limit
+    (``FakeLLMServer(max_concurrency=slots)``) making the rest wait, as vLLM's
+    ``max_num_seqs`` would. The bare aiohttp client over the same replicas, in the same
+    repeats (order alternating), is the reference: when it does not scale better, the
+    machine (the replicas and the client share its cores) bounds the run, not promptfit.
     """
+    import aiohttp
+
     n, slots = len(xs), args.replica_slots
-    lines = [
-        f"replicas: {n} calls, each replica serves {slots} requests at once, latency "
-        f"{args.latency_ms:g} ms, LanguageModel(max_concurrency={slots}) per replica",
-        "",
-        "| replicas | wall (s) | calls per s | speed-up vs 1 replica | floor (s) | LM calls |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    base_wall: float | None = None
-    model = FakeLLMServer.model("arith", latency_ms=args.latency_ms)
-    for count in args.replicas:
-        servers = [FakeLLMServer(max_concurrency=slots).start() for _ in range(count)]
-        try:
-            lm = pf.LanguageModel(
-                model,
-                api_base=[s.base_url for s in servers],
-                api_key=API_KEY,
-                max_concurrency=slots,
-                cache=False,
-                timeout=TIMEOUT,
-                transport="http",
-            )
-            program = await build_program(lm)
-            warm_xs, warm_ys = make_dataset(2 * slots * count, seed=7)
-            await promptfit_evaluate(program, warm_xs, warm_ys, len(warm_xs))
-            series = Series(f"{count} replicas")
-            for repeat in range(args.repeats):
-                run = await _timed(
-                    lambda p=program: promptfit_evaluate(p, xs, ys, n), servers[0], 0
+    blocks = []
+    for latency in args.replica_latency_ms or [args.latency_ms]:
+        lines = [
+            f"replicas: {n} calls, each replica serves {slots} requests at once, latency "
+            f"{latency:g} ms, {slots} requests in flight per replica; client CPU = this "
+            "process, servers' CPU = the replica processes, machine busy = all processes "
+            "on the machine (other users' included)",
+            "",
+            "| replicas | client | wall (s) | calls per s | speed-up vs 1 replica | floor (s) "
+            "| client CPU per call (ms) | servers' CPU per call (ms) | machine CPU busy "
+            "| load avg (1 min) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        base: dict[str, float] = {}
+        model = FakeLLMServer.model("arith", latency_ms=latency)
+        for count in args.replicas:
+            servers = [FakeLLMServer(max_concurrency=slots).start() for _ in range(count)]
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            try:
+                lm = pf.LanguageModel(
+                    model,
+                    api_base=[s.base_url for s in servers],
+                    api_key=API_KEY,
+                    max_concurrency=slots,
+                    cache=False,
+                    timeout=TIMEOUT,
+                    transport="http",
                 )
-                series.runs.append(run)
-                log(f"{count} replicas, repeat {repeat + 1}", run)
-                if run.calls != n:
-                    wrong.append(f"{count} replicas: {run.calls} calls")
-        finally:
-            for server in servers:
-                server.stop()
-        wall = series.median("wall")
-        base_wall = base_wall or wall
-        floor = -(-n // (slots * count)) * args.latency_ms / 1000
-        lines.append(
-            f"| {count} | {_fmt(wall)} | {n / wall:.0f} | {base_wall / wall:.2f} "
-            f"| {floor:.2f} | {int(series.median('calls'))} |"
-        )
-    return "\n".join(lines)
+                program = await build_program(lm)
+                keep.append(program)  # its pooled sessions close with the loop, not mid-run
+                bodies = [_body(r) for r in raw_requests(program, lm, xs)]
+                urls = [s.base_url.rstrip("/") + "/chat/completions" for s in servers]
+                warm_xs, warm_ys = make_dataset(2 * slots * count, seed=7)
+                await promptfit_evaluate(program, warm_xs, warm_ys, len(warm_xs))
+                await bare_replicas(urls, bodies[: 2 * slots * count], slots, session)
+
+                async def w_pf(p: pf.Program = program) -> int:
+                    return (await promptfit_evaluate(p, xs, ys, n))[0]
+
+                async def w_bare(u: list[str] = urls, b: list[dict[str, Any]] = bodies) -> int:
+                    return await bare_replicas(u, b, slots, session)  # noqa: B023
+
+                works = {"promptfit (lean transport)": w_pf, "bare aiohttp client": w_bare}
+                runs: dict[str, list[ReplicaRun]] = {name: [] for name in works}
+                names = list(works)
+                for repeat in range(args.repeats):
+                    for name in names[repeat % 2 :] + names[: repeat % 2]:
+                        run = await _timed_replicas(works[name], servers)
+                        runs[name].append(run)
+                        print(
+                            f"  {count} replicas, {latency:g} ms, repeat {repeat + 1}, {name}: "
+                            f"wall {run.wall:.3f} s, client cpu {run.client_cpu:.3f} s, "
+                            f"servers cpu {run.server_cpu}, busy {run.machine_busy}, "
+                            f"load {run.load:.2f}",
+                            file=sys.stderr,
+                        )
+                        if run.calls != n:
+                            wrong.append(f"{count} replicas, {name}: {run.calls} calls")
+            finally:
+                await session.close()
+                for server in servers:
+                    server.stop()
+            floor = -(-n // (slots * count)) * latency / 1000
+            for name, series in runs.items():
+                wall = statistics.median(r.wall for r in series)
+                base.setdefault(name, wall)
+                server = [r.server_cpu for r in series if r.server_cpu is not None]
+                busy = [r.machine_busy for r in series if r.machine_busy is not None]
+                client_ms = statistics.median(r.client_cpu for r in series) / n * 1000
+                server_ms = f"{statistics.median(server) / n * 1000:.2f}" if server else "?"
+                busy_pct = f"{statistics.median(busy) * 100:.0f} %" if busy else "?"
+                lines.append(
+                    f"| {count} | {name} | {_fmt(wall)} | {n / wall:.0f} "
+                    f"| {base[name] / wall:.2f} | {floor:.2f} | {client_ms:.2f} | {server_ms} "
+                    f"| {busy_pct} | {statistics.median(r.load for r in series):.1f} |"
+                )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _load() -> str:
@@ -544,7 +777,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="examples (and LM calls) per run")
     parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[64, 256], help="requests in flight"
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[64, 256],
+        help="requests in flight, one table per value (none: skip the clients' tables)",
     )
     parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency per call")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
@@ -572,11 +809,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replica-slots", type=int, default=16, help="requests each replica serves at once"
     )
     parser.add_argument(
+        "--replica-latency-ms",
+        type=float,
+        nargs="*",
+        default=[],
+        help="server latency of the replica runs, one table per value (default: --latency-ms)",
+    )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="also time fit (num_candidates=4) against evaluate, per LM call, on each transport",
+    )
+    parser.add_argument("--fit-n", type=int, default=200, help="training examples of --fit")
+    parser.add_argument(
+        "--fit-optimizers",
+        nargs="+",
+        choices=["RandomFewShot", "BootstrapFewShot"],
+        default=["RandomFewShot", "BootstrapFewShot"],
+        help="optimizers --fit times, each with num_candidates=4",
+    )
+    parser.add_argument(
+        "--fit-transports",
+        nargs="+",
+        choices=["litellm", "http"],
+        default=["litellm", "http"],
+        help="transports --fit times",
+    )
+    parser.add_argument(
+        "--no-cache-hits",
+        dest="cache_hits",
+        action="store_false",
+        help="skip the cache-hit re-evaluation",
+    )
+    parser.add_argument(
         "--no-dspy", dest="dspy", action="store_false", help="skip DSPy even if importable"
     )
     args = parser.parse_args(argv)
-    if args.n < 1 or min(args.concurrency) < 1 or args.repeats < 1:
+    if args.n < 1 or min(args.concurrency, default=1) < 1 or args.repeats < 1:
         parser.error("--n, --concurrency and --repeats must be >= 1")
+    if args.fit_n < 1 or min([*args.replicas, 1]) < 1 or args.replica_slots < 1:
+        parser.error("--fit-n, --replicas and --replica-slots must be >= 1")
     return args
 
 

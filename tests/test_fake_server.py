@@ -657,3 +657,15 @@ def test_max_concurrency_makes_requests_wait_for_a_slot() -> None:
         stats = server.stats()
     assert stats["requests"] == 8
     assert stats["max_in_flight"] == 2
+
+
+def test_pid_names_the_server_process_while_it_runs() -> None:
+    """Benchmarks read the server's CPU time from its process (``/proc/<pid>/stat``)."""
+    server = FakeLLMServer().start()
+    try:
+        pid = server.pid
+        assert pid is not None and pid != os.getpid()
+        os.kill(pid, 0)  # the process exists
+    finally:
+        server.stop()
+    assert server.pid is None

@@ -438,6 +438,74 @@ def test_a_dead_replica_fails_over_without_losing_a_call(
     assert lm.usage.completion_tokens == single.usage.completion_tokens
 
 
+@pytest.fixture(scope="module")
+def one_slot_server() -> Iterator[FakeLLMServer]:
+    """A slow replica: it serves one request at a time (the rest wait in its queue)."""
+    with FakeLLMServer(max_concurrency=1) as server:
+        yield server
+
+
+def test_a_slower_replica_gets_fewer_requests(
+    llm_server: FakeLLMServer, one_slot_server: FakeLLMServer, lm_transport: str
+) -> None:
+    """The replica is picked when a slot frees, so each replica pulls work at its own pace.
+
+    Picking on arrival split the 80 requests 40/40 up front, and the fast replica then sat
+    idle while the slow one worked through its queue one request at a time.
+    """
+    llm_server.reset()
+    one_slot_server.reset()
+    lm = pf.LanguageModel(
+        # 100 ms, so that the client's own CPU per call (litellm's is several ms) stays
+        # small against the replicas' pace.
+        model=FakeLLMServer.model("arith", tag=f"pull-{lm_transport}", latency_ms=100),
+        api_base=[one_slot_server.base_url, llm_server.base_url],
+        api_key="sk-test",
+        transport=lm_transport,  # type: ignore[arg-type]
+        cache=False,
+        max_concurrency=4,
+    )
+    results = _ask_many(lm, 80)
+    assert [r.value.answer for r in results if r.value] == [str(i + 1) for i in range(80)]
+    slow, fast = one_slot_server.stats()["requests"], llm_server.stats()["requests"]
+    assert slow + fast == 80 == lm.usage.calls
+    # The fast replica answers four at a time, the slow one one (plus the three it still
+    # holds at the end): about 61 against 19.
+    assert fast >= 2 * slow, (slow, fast)
+    assert llm_server.stats()["max_in_flight"] <= 4
+
+
+def test_failover_and_retries_count_every_request_and_the_tokens_once(
+    llm_server: FakeLLMServer, second_server: FakeLLMServer, lm_transport: str
+) -> None:
+    """Each replica fails the first attempt of every request (a 503 from a live server):
+    the request fails over to the other replica, which fails too, then the retry succeeds."""
+    llm_server.reset()
+    second_server.reset()
+    tag = f"once-{lm_transport}"
+    options = {"fail_first": 1, "error_status": 503, "retry_after": "0"}
+    lm = pf.LanguageModel(
+        model=FakeLLMServer.model("arith", tag=tag, **options),
+        api_base=[llm_server.base_url, second_server.base_url],
+        api_key="sk-test",
+        transport=lm_transport,  # type: ignore[arg-type]
+        cache=False,
+        max_retries=2,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+    )
+    results = _ask_many(lm, 6)
+    assert [r.value.answer for r in results if r.value] == [str(i + 1) for i in range(6)]
+    sent = llm_server.stats()["requests"] + second_server.stats()["requests"]
+    # Per question: one 503 from each replica (failover), then one answer after one retry.
+    assert sent == 18 == lm.usage.calls
+    assert lm.usage.retries == 6 and lm.usage.failed_calls == 0
+    single = _replica_lm([llm_server.base_url], lm_transport, tag)
+    _ask_many(single, 6)
+    assert lm.usage.prompt_tokens == single.usage.prompt_tokens > 0
+    assert lm.usage.completion_tokens == single.usage.completion_tokens > 0
+
+
 @pytest.mark.parametrize("api_base", [[], ["http://a/v1", "http://a/v1"], [1], 5])
 def test_bad_replica_lists_are_refused(api_base: object) -> None:
     with pytest.raises(ConfigurationError, match="one per replica"):

@@ -237,6 +237,11 @@ def _saved_with_lm(tmp_path: Path, **lm_config: Any) -> Path:
     [
         ({"api_base": "https://attacker.example/v1"}, "api_base='https://attacker.example/v1'"),
         ({"api_base": "http://10.0.0.5:8000/v1"}, "api_base="),
+        # A list of replicas: one remote entry among loopback ones is enough to refuse.
+        (
+            {"api_base": ["http://127.0.0.1:8000/v1", "https://attacker.example/v1"]},
+            "api_base='https://attacker.example/v1'",
+        ),
         ({"base_url": "https://attacker.example"}, "'base_url'"),
         ({"extra_headers": {"X-Forward": "1"}}, "'extra_headers'"),
         ({"cache": "/nonexistent/promptfit-cache.sqlite"}, "response cache"),
@@ -262,11 +267,47 @@ def test_safe_mode_refuses_what_could_redirect_a_key(
 
 
 @pytest.mark.parametrize(
+    ("api_base", "named"),
+    [
+        ([], "not a URL nor a non-empty list"),
+        (["http://127.0.0.1:8000/v1", 5], "not a URL nor a non-empty list"),
+        ({"url": "http://127.0.0.1:8000/v1"}, "not a URL nor a non-empty list"),
+        (
+            ["http://127.0.0.1:8000/v1", "http://10.0.0.5:8000/v1", "https://evil.example/v1"],
+            "api_base='http://10.0.0.5:8000/v1'",
+        ),
+    ],
+)
+def test_safe_mode_judges_every_replica_of_an_api_base_list(
+    tmp_path: Path, api_base: Any, named: str
+) -> None:
+    path = _saved_with_lm(tmp_path, api_base=api_base)
+    with pytest.raises(pf.errors.UnsafeFileError, match="safe_mode=False") as caught:
+        pf.load_program(path)
+    assert named in str(caught.value)
+    if isinstance(api_base, list) and len(api_base) == 3:
+        assert "https://evil.example/v1" in str(caught.value)  # every bad replica is named
+
+
+def test_safe_mode_trusts_an_allowed_provider_only_at_loopback_replicas(tmp_path: Path) -> None:
+    local = ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
+    path = _saved_with_lm(tmp_path, model="openai/gpt-4o-mini", api_base=local)
+    (lm,) = pf.load_program(path, allowed_providers=["openai"]).language_models
+    assert lm.api_base == local
+    path = _saved_with_lm(
+        tmp_path, model="openai/gpt-4o-mini", api_base=[*local, "https://proxy.example/v1"]
+    )
+    with pytest.raises(pf.errors.UnsafeFileError, match=r"proxy\.example"):
+        pf.load_program(path, allowed_providers=["openai"])
+
+
+@pytest.mark.parametrize(
     "lm_config",
     [
         {"api_base": "http://localhost:8000/v1"},
         {"api_base": "http://127.0.0.2:8000/v1"},
         {"api_base": "http://[::1]:8000/v1"},
+        {"api_base": ["http://localhost:8000/v1", "http://127.0.0.2:8000/v1", "http://[::1]:8/v1"]},
         {"top_p": 0.9, "seed": 3, "stop": ["\n\n"]},
         {"cache": "runs/cache.sqlite"},
     ],

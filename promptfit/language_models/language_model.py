@@ -291,11 +291,11 @@ class LanguageModel:
             ``"local/gemma-3-270m"`` for the embedded offline model (``promptfit[local]``).
             A string litellm cannot route raises :class:`~promptfit.errors.LMConfigurationError`.
         api_base: Endpoint URL for OpenAI-compatible servers, or a list of the URLs of several
-            replicas of one model (vLLM/SGLang instances...). With a list, each request goes
-            to the replica with the fewest requests in flight, ``max_concurrency`` bounds each
-            replica, and a transient error (5xx, 429, timeout, refused connection) is sent at
-            once to another replica before the usual retries. Usage counts every request
-            sent, and the tokens of the one reply used.
+            replicas of one model (vLLM/SGLang instances...). With a list, each request waits
+            for a free slot on any replica (``max_concurrency`` bounds each one) and goes to
+            the replica with the fewest requests in flight, and a transient error (5xx, 429,
+            timeout, refused connection) is sent at once to another replica before the usual
+            retries. Usage counts every request sent, and the tokens of the one reply used.
         api_key: The key. Used for requests only: never saved, cached, logged or tracked.
         max_concurrency: Most requests in flight at once for this model (per replica when
             ``api_base`` is a list).
@@ -465,9 +465,9 @@ class LanguageModel:
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-        self._replica_limiters: weakref.WeakKeyDictionary[Any, list[anyio.Semaphore]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._replica_limiters: weakref.WeakKeyDictionary[
+            Any, tuple[anyio.Semaphore, list[anyio.Semaphore]]
+        ] = weakref.WeakKeyDictionary()
         self._rotation = 0  # where the tie-break among equally loaded replicas starts
         # The last (loop, limiter) pair, so a call does not build a weak reference to look
         # its limiter up; the loop is held weakly, as in ``_limiters``.
@@ -932,18 +932,30 @@ class LanguageModel:
         self._mode_works(mode_of(request))
         return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
 
-    def _replica_limiter(self, index: int) -> anyio.Semaphore:
+    def _replica_slots(self) -> tuple[anyio.Semaphore, list[anyio.Semaphore]]:
+        """This loop's limiters: one over all replicas' slots, and one per replica."""
         loop = asyncio.get_running_loop()
         limiters = self._replica_limiters.get(loop)
         if limiters is None:
-            limiters = [_new_semaphore(self.max_concurrency) for _ in self._replicas or ()]
+            count = len(self._replicas or ())
+            limiters = (
+                _new_semaphore(self.max_concurrency * count),
+                [_new_semaphore(self.max_concurrency) for _ in range(count)],
+            )
             self._replica_limiters[loop] = limiters
-        return limiters[index]
+        return limiters
 
     async def _attempt_replicas(
         self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
     ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
         """One attempt over the replicas: least loaded first, failing over on transient errors.
+
+        The replica is chosen when a slot frees, not when the request arrives: a request
+        first waits for any of the ``replicas x max_concurrency`` slots, then goes to the
+        replica with the fewest requests in flight (which has a free slot). Choosing on
+        arrival would split a batch evenly up front, so a slower replica (less CPU, a longer
+        prompt mix, a busy engine) would keep its share queued while the others sat idle;
+        choosing on a free slot makes each replica pull work at the pace it answers.
 
         Every replica is tried at most once per attempt; when all failed transiently, the last
         error goes to the usual retry-with-backoff. A format refusal is not failed over (the
@@ -953,42 +965,48 @@ class LanguageModel:
         tried: set[int] = set()
         self._rotation = (self._rotation + 1) % len(replicas)
         start = self._rotation
-        while True:
-            index = min(
-                (i for i in range(len(replicas)) if i not in tried),
-                key=lambda i: (replicas[i].in_flight, (i - start) % len(replicas)),
-            )
-            tried.add(index)
-            replica = replicas[index]
-            replica.in_flight += 1
-            try:
-                async with self._replica_limiter(index):
-                    try:
-                        if replica.http is not None:
-                            content, prompt, completion = await replica.http.complete(request)
-                            reply = None
-                        else:
-                            reply = await self._litellm_send({**request, "api_base": replica.base})
-                    except Exception as exc:
-                        add_usage(self, calls=1)
-                        if (
-                            len(tried) < len(replicas)
-                            and _is_transient(exc)
-                            and not is_format_refusal(exc, mode_of(request))
-                        ):
-                            logger.debug(
-                                "%s: replica %s failed (%s); failing over.",
-                                self.name,
-                                replica.base,
-                                type(exc).__name__,
-                            )
-                            continue
-                        raise
-            finally:
-                replica.in_flight -= 1
-            if reply is not None:
-                return self._litellm_reply(reply, request, output_model)
-            return self._http_reply(content, prompt, completion, request, output_model)
+        any_slot, slots = self._replica_slots()
+        async with any_slot:
+            while True:
+                index = min(
+                    (i for i in range(len(replicas)) if i not in tried),
+                    key=lambda i: (replicas[i].in_flight, (i - start) % len(replicas)),
+                )
+                tried.add(index)
+                replica = replicas[index]
+                replica.in_flight += 1
+                try:
+                    # Free at once unless failing over to a replica that is full.
+                    async with slots[index]:
+                        try:
+                            if replica.http is not None:
+                                content, prompt, completion = await replica.http.complete(request)
+                                reply = None
+                            else:
+                                reply = await self._litellm_send(
+                                    {**request, "api_base": replica.base}
+                                )
+                        except Exception as exc:
+                            add_usage(self, calls=1)
+                            if (
+                                len(tried) < len(replicas)
+                                and _is_transient(exc)
+                                and not is_format_refusal(exc, mode_of(request))
+                            ):
+                                logger.debug(
+                                    "%s: replica %s failed (%s); failing over.",
+                                    self.name,
+                                    replica.base,
+                                    type(exc).__name__,
+                                )
+                                continue
+                            raise
+                finally:
+                    replica.in_flight -= 1
+                break
+        if reply is not None:
+            return self._litellm_reply(reply, request, output_model)
+        return self._http_reply(content, prompt, completion, request, output_model)
 
     @staticmethod
     def _validate(content: str, output_model: type[pydantic.BaseModel]) -> pydantic.BaseModel:

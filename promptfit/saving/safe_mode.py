@@ -9,7 +9,9 @@ itself (:func:`litellm.get_llm_provider`) which provider and base URL a model st
 to, and allows only:
 
 * requests whose every endpoint is a loopback address (a file cannot put a server on your
-  machine; vLLM, llama.cpp, Ollama and the test server live there);
+  machine; vLLM, llama.cpp, Ollama and the test server live there); with a list of replicas
+  in ``api_base``, every replica is judged by the same rules and one bad entry refuses the
+  file;
 * the embedded offline model (``local/...``), which makes no request at all;
 * providers the caller named in ``allowed_providers`` (``openai``, ``huggingface``...), and
   then only at the provider's own endpoint, never at an endpoint the file chooses.
@@ -146,13 +148,39 @@ def resolve_route(model: str, api_base: str | None) -> tuple[str, list[str]]:
     return str(provider).lower(), endpoints
 
 
+def _file_api_bases(api_base: Any) -> list[str | None] | str:
+    """The file's ``api_base`` as the list of endpoints to judge, or why it cannot be judged.
+
+    ``None`` (no endpoint: the provider's default), one URL, or a list of replica URLs, as
+    :class:`~promptfit.LanguageModel` accepts; every replica receives the same prompts and
+    key, so each one is judged on its own.
+    """
+    if api_base is None:
+        return [None]
+    if isinstance(api_base, str):
+        return [api_base]
+    if isinstance(api_base, list) and api_base and all(isinstance(b, str) for b in api_base):
+        return list(dict.fromkeys(api_base))
+    return f"its api_base {api_base!r} is not a URL nor a non-empty list of URLs (one per replica)"
+
+
 def _route_problems(config: dict[str, Any], allowed: frozenset[str]) -> list[str]:
     model = config.get("model")
-    api_base = config.get("api_base")
     if not isinstance(model, str) or not model:
         return [f"its model {model!r} is not a litellm model string"]
-    if api_base is not None and not isinstance(api_base, str):
-        return [f"its api_base {api_base!r} is not a URL"]
+    bases = _file_api_bases(config.get("api_base"))
+    if isinstance(bases, str):
+        return [bases]
+    problems: list[str] = []
+    for base in bases:
+        for problem in _one_route_problems(model, base, allowed):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _one_route_problems(model: str, api_base: str | None, allowed: frozenset[str]) -> list[str]:
+    """What is wrong with sending ``model``'s requests to ``api_base`` (one replica)."""
     try:
         provider, endpoints = resolve_route(model, api_base)
     except UnsafeFileError as error:

@@ -1474,6 +1474,11 @@ class FakeLLMServer:
         """Whether the child process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (``None`` when stopped): benchmarks read its CPU time."""
+        return self._proc.pid if self._proc is not None else None
+
     # -- helpers -----------------------------------------------------------------------
 
     @staticmethod
