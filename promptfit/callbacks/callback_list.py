@@ -10,6 +10,7 @@ from promptfit.callbacks.callback import HOOKS, Callback
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
+    from promptfit.training.context import RunContext
 
 __all__ = ["CallbackList"]
 
@@ -67,6 +68,15 @@ class CallbackList:
     def set_params(self, params: dict[str, Any]) -> None:
         for callback in self.callbacks:
             callback.set_params(params)
+
+    def set_context(self, context: RunContext | None) -> None:
+        """Give every callback the run's context (``None`` when the run is over).
+
+        ``fit`` calls it before ``on_train_begin`` and, with ``None``, after ``on_train_end``;
+        a standalone ``evaluate`` does the same around ``on_test_begin``/``on_test_end``.
+        """
+        for callback in self.callbacks:
+            callback.set_context(context)
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)

@@ -1,10 +1,11 @@
 """The training loop: ``compile``, ``fit``, ``evaluate`` and ``predict`` for programs.
 
 Examples of a batch run concurrently (bounded by each language model's ``max_concurrency``);
-batches run in order so callbacks see Keras' sequence of hooks. Everything a crash-safe resume
-needs (epoch, step, shuffling seed, accumulators, optimizer state, history, usage) lives in one
-:class:`~promptfit.training.state.FitState`, which
-:class:`~promptfit.callbacks.BackupAndRestore` saves and restores.
+batches run in order so callbacks see Keras' sequence of hooks. Each run hands its callbacks a
+typed :class:`~promptfit.training.context.FitContext` (``Callback.context``); the counters a
+crash-safe resume needs (epoch, step, shuffling seed, accumulators, usage at epoch start) are
+its :class:`~promptfit.training.state.FitProgress`, which
+:class:`~promptfit.callbacks.BackupAndRestore` saves and restores with the rest of the run.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
@@ -32,33 +33,22 @@ from promptfit.training.arguments import (
     check_optional_batch_size,
     check_verbose,
 )
-from promptfit.training.state import FitState, data_fingerprint
+from promptfit.training.context import DeprecatedFitState, FitContext, FitParams, RunContext
+from promptfit.training.outcome import BatchOutcome, RewardAccumulator
+from promptfit.training.state import FitProgress, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
 
 if TYPE_CHECKING:
     from promptfit.optimizers.optimizer import Optimizer
     from promptfit.programs.program import Program
 
+# BatchOutcome lives in training/outcome.py; it is re-exported here for code that imported it
+# from the trainer.
 __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
 
 USAGE_KEYS = ("lm_calls", "tokens", "cost", "failed_calls", "retries")
-
-
-@dataclass
-class BatchOutcome:
-    """Predictions, rewards and per-module traces of one batch."""
-
-    x: list[Any]
-    y: list[Any]
-    predictions: list[Any]
-    rewards: list[float]
-    traces: list[list[ModuleTrace]] = field(default_factory=list)
-
-    @property
-    def mean_reward(self) -> float:
-        return sum(self.rewards) / len(self.rewards) if self.rewards else 0.0
 
 
 async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> None:
@@ -92,7 +82,30 @@ class Trainer:
         self.metrics: list[Metric] = []
         self.stop_training = False
         self.history: Any = None
-        self.fit_state: FitState | None = None
+        # The latest fit's context, for the deprecated ``fit_state`` only: callbacks get the
+        # context through ``Callback.context``, the optimizer through ``Optimizer.context``.
+        self._last_fit_context: FitContext | None = None
+
+    @property
+    def fit_state(self) -> DeprecatedFitState | None:
+        """Deprecated: the latest fit's context and counters, read like the former FitState.
+
+        Callbacks read ``self.context`` instead (a
+        :class:`~promptfit.training.context.FitContext`, set during the run only).
+        """
+        warnings.warn(
+            "program.fit_state is deprecated; in a callback read self.context (a FitContext: "
+            "epoch, step, last_batch, data, history, optimizer, progress).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        context = self._last_fit_context
+        return None if context is None else DeprecatedFitState(context)
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """The keys of ``evaluate``'s logs, in order: what ``return_dict=False`` lists."""
+        return ["reward", *(m.name for m in self.metrics), *USAGE_KEYS]
 
     # -- compile -------------------------------------------------------------------------
     def compile(
@@ -286,7 +299,33 @@ class Trainer:
         return outputs
 
     # -- evaluate ------------------------------------------------------------------------
-    @run_scope
+    @overload
+    async def evaluate(
+        self,
+        x: Any = ...,
+        y: Any = ...,
+        batch_size: int | None = ...,
+        verbose: Verbose = ...,
+        callbacks: Sequence[Callback] | CallbackList | None = ...,
+        return_dict: Literal[True] = ...,
+        *,
+        fail_fast: bool = ...,
+    ) -> dict[str, float]: ...
+
+    @overload
+    async def evaluate(
+        self,
+        x: Any = ...,
+        y: Any = ...,
+        batch_size: int | None = ...,
+        verbose: Verbose = ...,
+        callbacks: Sequence[Callback] | CallbackList | None = ...,
+        return_dict: Literal[False] = ...,
+        *,
+        fail_fast: bool = ...,
+    ) -> list[float]: ...
+
+    @run_scope  # type: ignore[misc]
     async def evaluate(
         self,
         x: Any = None,
@@ -297,10 +336,12 @@ class Trainer:
         return_dict: bool = True,
         *,
         fail_fast: bool = True,
-    ) -> dict[str, float]:
+    ) -> dict[str, float] | list[float]:
         """Score the program on ``(x, y)``.
 
         Args:
+            return_dict: ``True`` returns the logs as a dict; ``False`` (Keras' default) a
+                list of the same values in :attr:`metrics_names` order.
             fail_fast: When the first LM calls all fail with the same error (or every call
                 fails), raise :class:`~promptfit.errors.LMCallsFailingError` quoting the
                 server; ``False`` warns once and runs on.
@@ -308,9 +349,17 @@ class Trainer:
         Returns:
             ``{"reward": mean reward, <metric name>: value, "lm_calls", "tokens", "cost",
             "failed_calls", "retries"}``; usage counts only this evaluation's LM requests.
+            With ``return_dict=False``: ``[logs[name] for name in program.metrics_names]``.
+
+        Raises:
+            ConfigurationError: ``return_dict`` is not a bool.
         """
-        reward = self._require_compiled("evaluate")
-        del reward
+        self._require_compiled("evaluate")
+        if not isinstance(return_dict, bool):
+            raise ConfigurationError(
+                f"`return_dict` must be True (a dict of logs) or False (a list in "
+                f"program.metrics_names order), got {return_dict!r:.60}."
+            )
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
@@ -319,40 +368,47 @@ class Trainer:
         if not xs:
             raise DataError("`x` is empty; evaluate() needs at least one example.")
         batches = _batches(len(xs), batch_size)
-        cbs = self._callbacks(
-            _with_progbar(callbacks, verbose, "evaluate"),
-            {"steps": len(batches), "batch_size": batch_size, "verbose": verbose},
-        )
-        return await self._evaluate_loop(xs, ys, batches, cbs)
+        params = {"steps": len(batches), "batch_size": batch_size, "verbose": verbose}
+        cbs = self._callbacks(_with_progbar(callbacks, verbose, "evaluate"), params)
+        context = RunContext(program=self._program, callbacks=cbs, params=params, xs=xs, ys=ys)
+        cbs.set_context(context)
+        try:
+            logs = await self._evaluate_loop(xs, ys, batches, cbs, context)
+        finally:
+            cbs.set_context(None)
+        return logs if return_dict else [logs[name] for name in self.metrics_names]
 
     async def _evaluate_loop(
-        self, xs: list[Any], ys: list[Any], batches: list[range], cbs: CallbackList
+        self,
+        xs: list[Any],
+        ys: list[Any],
+        batches: list[range],
+        cbs: CallbackList,
+        context: RunContext | None = None,
     ) -> dict[str, float]:
+        """The batches of an evaluation (``context``: a standalone one's, to keep up to date;
+        ``None`` for fit's validation, which must not move the fit's step or last batch)."""
         before = self.usage_totals()
-        for metric in self.metrics:
-            metric.reset_state()
-        total, count = 0.0, 0
+        rewards = RewardAccumulator(self.metrics)
+        rewards.reset()
         await cbs.call("on_test_begin", {})
         logs: dict[str, float] = {}
         for step, indices in enumerate(batches):
             await cbs.call("on_test_batch_begin", step, {})
             outcome = await self.run_batch([xs[i] for i in indices], [ys[i] for i in indices])
-            for yt, yp, r in zip(outcome.y, outcome.predictions, outcome.rewards, strict=True):
-                for metric in self.metrics:
-                    metric.update_state(yt, yp, r)
-            total += sum(outcome.rewards)
-            count += len(outcome.rewards)
-            logs = self._logs(total, count, before)
+            rewards.add(outcome)
+            if context is not None:
+                context.step, context.last_batch = step + 1, outcome
+            logs = self._logs(rewards, before)
             await cbs.call("on_test_batch_end", step, logs)
-        logs = self._logs(total, count, before)
+        logs = self._logs(rewards, before)
         await cbs.call("on_test_end", logs)
         return logs
 
-    def _logs(self, total: float, count: int, before: Usage) -> dict[str, float]:
-        logs: dict[str, float] = {"reward": total / count if count else 0.0}
-        for metric in self.metrics:
-            logs[metric.name] = float(metric.result())
-        logs.update(self._usage_logs(before, self.usage_totals()))
+    def _logs(self, rewards: RewardAccumulator, usage_start: Usage) -> dict[str, float]:
+        """Reward, metrics and usage since ``usage_start``: the logs of every fit/evaluate hook."""
+        logs = rewards.results()
+        logs.update(self._usage_logs(usage_start, self.usage_totals()))
         return logs
 
     # -- fit -----------------------------------------------------------------------------
@@ -448,19 +504,15 @@ class Trainer:
         batches_per_epoch = math.ceil(len(xs) / batch_size)
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
-        state = FitState(
+        state = FitProgress(
             seed=seed,
             epochs=epochs,
             epoch=initial_epoch,
             step=0,
             steps_per_epoch=batches_per_epoch,
             fingerprint=data_fingerprint(self._program, xs, ys, val_xs, val_ys, epochs, batch_size),
-            xs=xs,
-            ys=ys,
-            val_xs=val_xs,
-            val_ys=val_ys,
+            rewards=RewardAccumulator(self.metrics),
         )
-        self.fit_state = state
         history = History()
         user_callbacks = list(callbacks or [])
         extra: list[Callback] = []
@@ -485,88 +537,118 @@ class Trainer:
         ]
         cbs = CallbackList(ordered, program=self._program)
         history = next(c for c in cbs if isinstance(c, History))
-        params = {
-            "epochs": epochs,
-            "steps": batches_per_epoch,
-            "batch_size": batch_size,
-            "verbose": verbose,
-            "samples": len(xs),
-            "validation": bool(val_xs),
-            "seed": seed,
-            "do_validation": bool(val_xs),
-        }
+        params = FitParams(
+            epochs=epochs,
+            steps=batches_per_epoch,
+            batch_size=batch_size,
+            verbose=verbose,
+            samples=len(xs),
+            seed=seed,
+            do_validation=bool(val_xs),
+        )
         cbs.set_params(params)
-        state.callbacks = cbs
-        state.history = history
         self.history = history
         self.stop_training = False
         optimizer = self.optimizer
         optimizer.build(self._program, seed)
-        state.optimizer = optimizer
+        context = FitContext(
+            program=self._program,
+            callbacks=cbs,
+            params=params,
+            progress=state,
+            epoch=initial_epoch,
+            xs=xs,
+            ys=ys,
+            val_xs=val_xs,
+            val_ys=val_ys,
+            history=history,
+            optimizer=optimizer,
+        )
+        self._last_fit_context = context
         val_batches = _batches(len(val_xs), val_batch_size)
 
         epoch_logs: dict[str, Any] = {}
         origin_token = call_origin.set(None)
+        cbs.set_context(context)
+        optimizer.context = context
         try:
-            await cbs.on_train_begin({})
-            epoch = state.epoch
-            while epoch < epochs and not self.stop_training:
-                state.epoch = epoch
-                order = list(range(len(xs)))
-                if shuffle:
-                    # state.seed, not the local seed: a restored backup brings its own seed.
-                    random.Random(f"{state.seed}:{epoch}").shuffle(order)
-                batches = _batches(len(order), batch_size)
-                resuming_mid_epoch = state.step > 0
-                if not resuming_mid_epoch:
-                    state.begin_epoch(self.metrics, self.usage_totals())
-                    await cbs.on_epoch_begin(epoch, {})
-                for step in range(state.step, len(batches)):
-                    indices = [order[i] for i in batches[step]]
-                    call_origin.set(state.origin(epoch, step))
-                    await cbs.call("on_train_batch_begin", step, {})
-                    outcome = await self.run_batch(
-                        [xs[i] for i in indices], [ys[i] for i in indices], trace=True
-                    )
-                    state.record_batch(outcome, self.metrics)
-                    await optimizer.on_batch_end(outcome)
-                    state.step = step + 1
-                    batch_logs = self._train_logs(state)
-                    await cbs.call("on_train_batch_end", step, batch_logs)
-                    if self.stop_training:
-                        break
-                call_origin.set(state.origin(epoch, "end"))
-                await optimizer.on_epoch_end(epoch)
-                epoch_logs = self._train_logs(state)
-                if val_xs:
-                    call_origin.set(state.origin(epoch, "val"))
-                    # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
-                    val_logs = await self._evaluate_loop(val_xs, val_ys, val_batches, cbs)
-                    await optimizer.on_validation_end(val_logs)  # selection on validation
-                    epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-                    for key in USAGE_KEYS:
-                        epoch_logs[key] += val_logs[key]
-                state.step = 0
-                state.epoch = epoch + 1
-                await cbs.on_epoch_end(epoch, epoch_logs)
-                epoch += 1
-        except BaseException as error:
             try:
-                await cbs.on_train_error(error)
-            finally:
-                call_origin.reset(origin_token)
-                await cbs.on_train_end(epoch_logs)
-            raise
-        call_origin.reset(origin_token)
-        await cbs.on_train_end(epoch_logs)
+                await cbs.on_train_begin({})
+                epoch = state.epoch
+                while epoch < epochs and not self.stop_training:
+                    epoch_logs = await self._fit_epoch(
+                        context, epoch, shuffle, batch_size, val_batches
+                    )
+                    await cbs.on_epoch_end(epoch, epoch_logs)
+                    epoch += 1
+            except BaseException as error:
+                try:
+                    await cbs.on_train_error(error)
+                finally:
+                    call_origin.reset(origin_token)
+                    await cbs.on_train_end(epoch_logs)
+                raise
+            call_origin.reset(origin_token)
+            await cbs.on_train_end(epoch_logs)
+        finally:
+            cbs.set_context(None)
+            optimizer.context = None
         return history
 
-    def _train_logs(self, state: FitState) -> dict[str, float]:
-        logs: dict[str, float] = {"reward": state.mean_reward}
-        for metric in self.metrics:
-            logs[metric.name] = float(metric.result())
-        logs.update(self._usage_logs(state.epoch_usage_start, self.usage_totals()))
-        return logs
+    async def _fit_epoch(
+        self,
+        context: FitContext,
+        epoch: int,
+        shuffle: bool,
+        batch_size: int,
+        val_batches: list[range],
+    ) -> dict[str, Any]:
+        """One epoch of ``fit`` up to (not including) ``on_epoch_end``: its batches from the
+        restored step on, the optimizer's epoch end and validation; returns the epoch's logs."""
+        state, cbs, optimizer = context.progress, context.callbacks, context.optimizer
+        assert optimizer is not None
+        xs, ys = context.xs, context.ys
+        state.epoch = context.epoch = epoch
+        order = list(range(len(xs)))
+        if shuffle:
+            # state.seed, not fit's seed argument: a restored backup brings its own seed.
+            random.Random(f"{state.seed}:{epoch}").shuffle(order)
+        batches = _batches(len(order), batch_size)
+        context.step = state.step
+        if state.step == 0:  # not resuming mid-epoch
+            state.begin_epoch(self.metrics, self.usage_totals())
+            await cbs.on_epoch_begin(epoch, {})
+        for step in range(state.step, len(batches)):
+            indices = [order[i] for i in batches[step]]
+            call_origin.set(state.origin(epoch, step))
+            await cbs.call("on_train_batch_begin", step, {})
+            outcome = await self.run_batch(
+                [xs[i] for i in indices], [ys[i] for i in indices], trace=True
+            )
+            state.rewards.add(outcome)
+            context.last_batch = outcome
+            await optimizer.on_batch_end(outcome)
+            state.step = context.step = step + 1
+            batch_logs = self._logs(state.rewards, state.epoch_usage_start)
+            await cbs.call("on_train_batch_end", step, batch_logs)
+            if self.stop_training:
+                break
+        call_origin.set(state.origin(epoch, "end"))
+        await optimizer.on_epoch_end(epoch)
+        epoch_logs = self._logs(state.rewards, state.epoch_usage_start)
+        if context.val_xs:
+            call_origin.set(state.origin(epoch, "val"))
+            # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
+            val_logs = await self._evaluate_loop(context.val_xs, context.val_ys, val_batches, cbs)
+            await optimizer.on_validation_end(val_logs)  # selection on validation
+            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            for key in USAGE_KEYS:
+                epoch_logs[key] += val_logs[key]
+        # The resume position moves on before on_epoch_end, so an epoch-end backup resumes at
+        # the next epoch; context.epoch stays this epoch for the callbacks.
+        state.step = 0
+        state.epoch = epoch + 1
+        return epoch_logs
 
 
 def _with_progbar(
