@@ -155,6 +155,31 @@ def test_the_context_holds_the_runs_objects_and_is_cleared_after_a_crash(calc_pr
     assert isinstance(context.last_batch, BatchOutcome) and len(context.last_batch.x) == 2
 
 
+def test_an_evaluate_inside_a_hook_gives_the_callback_its_fit_context_back(calc_program):
+    """A callback that evaluates with itself in the list sees RunContext, then FitContext."""
+    x, y = arithmetic_data(6)
+    kinds: list[str] = []
+
+    class EvaluatesEachEpoch(Callback):
+        def on_test_begin(self, logs=None):
+            kinds.append(type(self.context).__name__)
+
+        async def on_epoch_end(self, epoch, logs=None):
+            kinds.append(type(self.context).__name__)
+            await self.program.evaluate(x[4:], y[4:], verbose=0, callbacks=[self])
+            kinds.append(type(self.context).__name__)
+
+    callback = EvaluatesEachEpoch()
+
+    async def main() -> None:
+        program = await calc_program()
+        await program.fit(x[:4], y[:4], batch_size=2, epochs=1, verbose=0, callbacks=[callback])
+
+    asyncio.run(main())
+    assert kinds == ["FitContext", "RunContext", "FitContext"]
+    assert callback.context is None
+
+
 def _fit_kwargs(x: list[Any], y: list[Any]) -> dict[str, Any]:
     return {
         "x": x[:8], "y": y[:8], "validation_data": (x[8:], y[8:]), "batch_size": 2,

@@ -371,11 +371,8 @@ class Trainer:
         params = {"steps": len(batches), "batch_size": batch_size, "verbose": verbose}
         cbs = self._callbacks(_with_progbar(callbacks, verbose, "evaluate"), params)
         context = RunContext(program=self._program, callbacks=cbs, params=params, xs=xs, ys=ys)
-        cbs.set_context(context)
-        try:
+        with cbs.running(context):
             logs = await self._evaluate_loop(xs, ys, batches, cbs, context)
-        finally:
-            cbs.set_context(None)
         return logs if return_dict else [logs[name] for name in self.metrics_names]
 
     async def _evaluate_loop(
@@ -567,33 +564,37 @@ class Trainer:
         self._last_fit_context = context
         val_batches = _batches(len(val_xs), val_batch_size)
 
-        epoch_logs: dict[str, Any] = {}
-        origin_token = call_origin.set(None)
-        cbs.set_context(context)
         optimizer.context = context
         try:
-            try:
-                await cbs.on_train_begin({})
-                epoch = state.epoch
-                while epoch < epochs and not self.stop_training:
-                    epoch_logs = await self._fit_epoch(
-                        context, epoch, shuffle, batch_size, val_batches
-                    )
-                    await cbs.on_epoch_end(epoch, epoch_logs)
-                    epoch += 1
-            except BaseException as error:
-                try:
-                    await cbs.on_train_error(error)
-                finally:
-                    call_origin.reset(origin_token)
-                    await cbs.on_train_end(epoch_logs)
-                raise
-            call_origin.reset(origin_token)
-            await cbs.on_train_end(epoch_logs)
+            with cbs.running(context):
+                await self._fit_loop(context, shuffle, batch_size, val_batches)
         finally:
-            cbs.set_context(None)
             optimizer.context = None
         return history
+
+    async def _fit_loop(
+        self, context: FitContext, shuffle: bool, batch_size: int, val_batches: list[range]
+    ) -> None:
+        """The hooks of a fit, from ``on_train_begin`` to ``on_train_end`` (always called)."""
+        cbs, state = context.callbacks, context.progress
+        epoch_logs: dict[str, Any] = {}
+        origin_token = call_origin.set(None)
+        try:
+            await cbs.on_train_begin({})
+            epoch = state.epoch
+            while epoch < state.epochs and not self.stop_training:
+                epoch_logs = await self._fit_epoch(context, epoch, shuffle, batch_size, val_batches)
+                await cbs.on_epoch_end(epoch, epoch_logs)
+                epoch += 1
+        except BaseException as error:
+            try:
+                await cbs.on_train_error(error)
+            finally:
+                call_origin.reset(origin_token)
+                await cbs.on_train_end(epoch_logs)
+            raise
+        call_origin.reset(origin_token)
+        await cbs.on_train_end(epoch_logs)
 
     async def _fit_epoch(
         self,
