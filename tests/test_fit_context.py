@@ -211,7 +211,11 @@ def test_a_resumed_epoch_is_known_to_terminate_on_error_and_budget_stopping(
                 raise RuntimeError("crash")
 
     async def main() -> tuple[TerminateOnError, BudgetStopping]:
-        program = await calc_program(error_rate=0.5, lm_kwargs={"max_retries": 0})
+        # A fixed tag makes the server's injected failures the same in every session (they
+        # depend on the request body and attempt number only), so which calls fail is fixed.
+        program = await calc_program(
+            error_rate=0.5, tag="fit-context-resume", lm_kwargs={"max_retries": 0}
+        )
         with pytest.raises(RuntimeError, match="crash"):
             await program.fit(
                 **_fit_kwargs(x, y),

@@ -8,8 +8,9 @@ batch produced, and what the run holds (data, History, optimizer, the callback l
 
 :class:`~promptfit.callbacks.CallbackList` hands it to every callback as
 :attr:`Callback.context <promptfit.callbacks.Callback.context>` before ``on_train_begin``
-(``fit``) or ``on_test_begin`` (``evaluate``), and sets it back to ``None`` after
-``on_train_end``/``on_test_end``. It lives only as long as the run; what must survive a crash
+(``fit``) or ``on_test_begin`` (``evaluate``), and takes it back after
+``on_train_end``/``on_test_end`` (each callback gets what it had before: ``None`` outside any
+run). It lives only as long as the run; what must survive a crash
 is :class:`~promptfit.training.state.FitProgress`, which the context snapshots together with
 the program, optimizer and callback states (:meth:`FitContext.state_dict`).
 """

@@ -1,10 +1,12 @@
-"""The training loop: ``compile``, ``fit``, ``evaluate`` and ``predict`` for programs.
+"""The training API: ``compile``, ``fit``, ``evaluate`` and ``predict`` for programs.
 
 Examples of a batch run concurrently (bounded by each language model's ``max_concurrency``);
-batches run in order so callbacks see Keras' sequence of hooks. Each run hands its callbacks a
-typed :class:`~promptfit.training.context.FitContext` (``Callback.context``); the counters a
-crash-safe resume needs (epoch, step, shuffling seed, accumulators, usage at epoch start) are
-its :class:`~promptfit.training.state.FitProgress`, which
+batches run in order so callbacks see Keras' sequence of hooks. This module checks arguments,
+reads the data (:mod:`promptfit.training.data`) and builds each run's typed
+:class:`~promptfit.training.context.FitContext` (``Callback.context``); the loops themselves
+are :mod:`promptfit.training.loop`. The counters a crash-safe resume needs (epoch, step,
+shuffling seed, accumulators, usage at epoch start) are the context's
+:class:`~promptfit.training.state.FitProgress`, which
 :class:`~promptfit.callbacks.BackupAndRestore` saves and restores with the rest of the run.
 """
 
@@ -19,9 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
-from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
-from promptfit.language_models.cache import call_origin
 from promptfit.language_models.scope import run_scope, usage_totals
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
@@ -34,6 +34,8 @@ from promptfit.training.arguments import (
     check_verbose,
 )
 from promptfit.training.context import DeprecatedFitState, FitContext, FitParams, RunContext
+from promptfit.training.data import fit_data, read_x, read_y
+from promptfit.training.loop import USAGE_KEYS, evaluate_loop, fit_loop, split_batches
 from promptfit.training.outcome import BatchOutcome, RewardAccumulator
 from promptfit.training.state import FitProgress, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
@@ -48,8 +50,6 @@ __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
 
-USAGE_KEYS = ("lm_calls", "tokens", "cost", "failed_calls", "retries")
-
 
 async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> None:
     """Run ``fn(0)`` .. ``fn(n - 1)`` as concurrent tasks and wait for all of them.
@@ -62,10 +62,6 @@ async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> Non
     async with asyncio.TaskGroup() as group:
         for i in range(n):
             group.create_task(fn(i))
-
-
-def _batches(n: int, batch_size: int) -> list[range]:
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
 def _check_batch_size(batch_size: int | None) -> int:
@@ -182,48 +178,10 @@ class Trainer:
         """Usage of this program's LMs: by the current fit/evaluate inside one, else in total."""
         return usage_totals(self.all_language_models())
 
-    @staticmethod
-    def _usage_logs(before: Usage, after: Usage) -> dict[str, float]:
-        return {
-            "lm_calls": after.calls - before.calls,
-            "tokens": after.tokens - before.tokens,
-            "cost": round(after.cost - before.cost, 10),
-            "failed_calls": after.failed_calls - before.failed_calls,
-            "retries": after.retries - before.retries,
-        }
-
     def _require_compiled(self, what: str) -> Reward:
         if not self.compiled or self.reward is None:
             raise ConfigurationError(f"Call program.compile(reward=...) before {what}().")
         return self.reward
-
-    def _read_x(self, x: Any) -> list[Any]:
-        program = self._program
-        if x is None:
-            raise DataError("`x` is required.")
-        model = getattr(program, "input_data_model", None)
-        if model is None:
-            rows = list(x)
-            if not all(hasattr(r, "model_dump") for r in rows):
-                raise DataError(
-                    f"{program.name} does not declare `input_data_model`; pass DataModel "
-                    "instances, or give the Program `input_data_model=`."
-                )
-            return rows
-        return to_data_models(x, model, "x")
-
-    def _read_y(self, y: Any, n: int) -> list[Any]:
-        program = self._program
-        model = getattr(program, "output_data_model", None)
-        if y is None:
-            raise DataError("`y` is required to compute rewards.")
-        if model is not None:
-            rows: list[Any] = to_targets(y, model, "y")
-        else:
-            rows = [r.model_dump(mode="json") if hasattr(r, "model_dump") else r for r in y]
-        if len(rows) != n:
-            raise DataError(f"`x` has {n} examples but `y` has {len(rows)}.")
-        return rows
 
     # -- core batch runner ---------------------------------------------------------------
     async def predict_on_batch(self, x: Sequence[Any], trace: bool = False) -> BatchOutcome:
@@ -282,8 +240,8 @@ class Trainer:
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
-        rows = self._read_x(x)
-        batches = _batches(len(rows), batch_size)
+        rows = read_x(self._program, x)
+        batches = split_batches(len(rows), batch_size)
         cbs = self._callbacks(
             _with_progbar(callbacks, verbose, "predict"),
             {"steps": len(batches), "batch_size": batch_size, "verbose": verbose},
@@ -363,50 +321,17 @@ class Trainer:
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
-        xs = self._read_x(x)
-        ys = self._read_y(y, len(xs))
+        xs = read_x(self._program, x)
+        ys = read_y(self._program, y, len(xs))
         if not xs:
             raise DataError("`x` is empty; evaluate() needs at least one example.")
-        batches = _batches(len(xs), batch_size)
+        batches = split_batches(len(xs), batch_size)
         params = {"steps": len(batches), "batch_size": batch_size, "verbose": verbose}
         cbs = self._callbacks(_with_progbar(callbacks, verbose, "evaluate"), params)
         context = RunContext(program=self._program, callbacks=cbs, params=params, xs=xs, ys=ys)
         with cbs.running(context):
-            logs = await self._evaluate_loop(xs, ys, batches, cbs, context)
+            logs = await evaluate_loop(self._program, xs, ys, batches, cbs, context)
         return logs if return_dict else [logs[name] for name in self.metrics_names]
-
-    async def _evaluate_loop(
-        self,
-        xs: list[Any],
-        ys: list[Any],
-        batches: list[range],
-        cbs: CallbackList,
-        context: RunContext | None = None,
-    ) -> dict[str, float]:
-        """The batches of an evaluation (``context``: a standalone one's, to keep up to date;
-        ``None`` for fit's validation, which must not move the fit's step or last batch)."""
-        before = self.usage_totals()
-        rewards = RewardAccumulator(self.metrics)
-        rewards.reset()
-        await cbs.call("on_test_begin", {})
-        logs: dict[str, float] = {}
-        for step, indices in enumerate(batches):
-            await cbs.call("on_test_batch_begin", step, {})
-            outcome = await self.run_batch([xs[i] for i in indices], [ys[i] for i in indices])
-            rewards.add(outcome)
-            if context is not None:
-                context.step, context.last_batch = step + 1, outcome
-            logs = self._logs(rewards, before)
-            await cbs.call("on_test_batch_end", step, logs)
-        logs = self._logs(rewards, before)
-        await cbs.call("on_test_end", logs)
-        return logs
-
-    def _logs(self, rewards: RewardAccumulator, usage_start: Usage) -> dict[str, float]:
-        """Reward, metrics and usage since ``usage_start``: the logs of every fit/evaluate hook."""
-        logs = rewards.results()
-        logs.update(self._usage_logs(usage_start, self.usage_totals()))
-        return logs
 
     # -- fit -----------------------------------------------------------------------------
     @run_scope
@@ -475,28 +400,7 @@ class Trainer:
         val_batch_size = check_optional_batch_size(
             "validation_batch_size", validation_batch_size, batch_size
         )
-        xs = self._read_x(x)
-        ys = self._read_y(y, len(xs))
-        if not xs:
-            raise DataError("`x` is empty; fit() needs at least one example.")
-        val_xs: list[Any] = []
-        val_ys: list[Any] = []
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise DataError("`validation_data` must be a tuple (x_val, y_val).")
-            val_xs = self._read_x(validation_data[0])
-            val_ys = self._read_y(validation_data[1], len(val_xs))
-            if not val_xs:
-                raise DataError("`validation_data` is empty; pass examples or leave it out.")
-        elif validation_split > 0:
-            n_val = int(len(xs) * validation_split)
-            if n_val == 0 or n_val == len(xs):
-                raise DataError(
-                    f"validation_split={validation_split} of {len(xs)} examples leaves an empty "
-                    "training or validation set."
-                )
-            xs, val_xs = xs[:-n_val], xs[-n_val:]
-            ys, val_ys = ys[:-n_val], ys[-n_val:]
+        xs, ys, val_xs, val_ys = fit_data(self._program, x, y, validation_split, validation_data)
 
         batches_per_epoch = math.ceil(len(xs) / batch_size)
         if seed is None:
@@ -562,94 +466,15 @@ class Trainer:
             optimizer=optimizer,
         )
         self._last_fit_context = context
-        val_batches = _batches(len(val_xs), val_batch_size)
+        val_batches = split_batches(len(val_xs), val_batch_size)
 
         optimizer.context = context
         try:
             with cbs.running(context):
-                await self._fit_loop(context, shuffle, batch_size, val_batches)
+                await fit_loop(context, shuffle, batch_size, val_batches)
         finally:
             optimizer.context = None
         return history
-
-    async def _fit_loop(
-        self, context: FitContext, shuffle: bool, batch_size: int, val_batches: list[range]
-    ) -> None:
-        """The hooks of a fit, from ``on_train_begin`` to ``on_train_end`` (always called)."""
-        cbs, state = context.callbacks, context.progress
-        epoch_logs: dict[str, Any] = {}
-        origin_token = call_origin.set(None)
-        try:
-            await cbs.on_train_begin({})
-            epoch = state.epoch
-            while epoch < state.epochs and not self.stop_training:
-                epoch_logs = await self._fit_epoch(context, epoch, shuffle, batch_size, val_batches)
-                await cbs.on_epoch_end(epoch, epoch_logs)
-                epoch += 1
-        except BaseException as error:
-            try:
-                await cbs.on_train_error(error)
-            finally:
-                call_origin.reset(origin_token)
-                await cbs.on_train_end(epoch_logs)
-            raise
-        call_origin.reset(origin_token)
-        await cbs.on_train_end(epoch_logs)
-
-    async def _fit_epoch(
-        self,
-        context: FitContext,
-        epoch: int,
-        shuffle: bool,
-        batch_size: int,
-        val_batches: list[range],
-    ) -> dict[str, Any]:
-        """One epoch of ``fit`` up to (not including) ``on_epoch_end``: its batches from the
-        restored step on, the optimizer's epoch end and validation; returns the epoch's logs."""
-        state, cbs, optimizer = context.progress, context.callbacks, context.optimizer
-        assert optimizer is not None
-        xs, ys = context.xs, context.ys
-        state.epoch = context.epoch = epoch
-        order = list(range(len(xs)))
-        if shuffle:
-            # state.seed, not fit's seed argument: a restored backup brings its own seed.
-            random.Random(f"{state.seed}:{epoch}").shuffle(order)
-        batches = _batches(len(order), batch_size)
-        context.step = state.step
-        if state.step == 0:  # not resuming mid-epoch
-            state.begin_epoch(self.metrics, self.usage_totals())
-            await cbs.on_epoch_begin(epoch, {})
-        for step in range(state.step, len(batches)):
-            indices = [order[i] for i in batches[step]]
-            call_origin.set(state.origin(epoch, step))
-            await cbs.call("on_train_batch_begin", step, {})
-            outcome = await self.run_batch(
-                [xs[i] for i in indices], [ys[i] for i in indices], trace=True
-            )
-            state.rewards.add(outcome)
-            context.last_batch = outcome
-            await optimizer.on_batch_end(outcome)
-            state.step = context.step = step + 1
-            batch_logs = self._logs(state.rewards, state.epoch_usage_start)
-            await cbs.call("on_train_batch_end", step, batch_logs)
-            if self.stop_training:
-                break
-        call_origin.set(state.origin(epoch, "end"))
-        await optimizer.on_epoch_end(epoch)
-        epoch_logs = self._logs(state.rewards, state.epoch_usage_start)
-        if context.val_xs:
-            call_origin.set(state.origin(epoch, "val"))
-            # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
-            val_logs = await self._evaluate_loop(context.val_xs, context.val_ys, val_batches, cbs)
-            await optimizer.on_validation_end(val_logs)  # selection on validation
-            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            for key in USAGE_KEYS:
-                epoch_logs[key] += val_logs[key]
-        # The resume position moves on before on_epoch_end, so an epoch-end backup resumes at
-        # the next epoch; context.epoch stays this epoch for the callbacks.
-        state.step = 0
-        state.epoch = epoch + 1
-        return epoch_logs
 
 
 def _with_progbar(
