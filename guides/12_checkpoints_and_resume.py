@@ -52,6 +52,7 @@ from _common import (
 
 import promptfit as pf
 from promptfit.checkpoints import best_checkpoint, latest_checkpoint, read_manifest
+from promptfit.training.context import FitContext
 
 KILL_ENV = "PROMPTFIT_GUIDE12_KILL_AT_STEP"
 
@@ -69,8 +70,8 @@ class KillAt(pf.callbacks.Callback):
         self.step = step
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        state = self.program.fit_state
-        if self.step is not None and state is not None and state.global_step == self.step:
+        state = self.context  # the running fit's FitContext: its counters, also after a resume
+        if isinstance(state, FitContext) and state.global_step == self.step:
             print(f"[child] SIGKILL at epoch {state.epoch}, batch {batch}", flush=True)
             if hasattr(signal, "SIGKILL"):
                 os.kill(os.getpid(), signal.SIGKILL)

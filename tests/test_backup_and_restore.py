@@ -87,7 +87,7 @@ class CrashAt(Callback):
             raise Boom(f"crash at the end of epoch {epoch}")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        state = self.program.fit_state
+        state = self.context
         if self.armed and state is not None and state.global_step == self.global_step:
             raise Boom(f"crash after global batch {self.global_step}")
 

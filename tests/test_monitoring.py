@@ -1,4 +1,4 @@
-"""MetricMonitor: mode inference, Keras 3 improvement rule, missing keys (warning / strict)."""
+"""MetricWatcher: mode inference, Keras 3 improvement rule, missing keys (warning / strict)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import promptfit as pf
-from promptfit.callbacks._monitoring import MetricMonitor, infer_mode
+from promptfit.callbacks._monitoring import MetricWatcher, infer_mode
 from promptfit.callbacks.early_stopping import EarlyStopping
 from promptfit.callbacks.program_checkpoint import ProgramCheckpoint
 from promptfit.errors import ConfigurationError, MonitorKeyError
@@ -35,7 +35,7 @@ from tests.conftest import arithmetic_data
     ],
 )
 def test_auto_mode_max_keys(key: str) -> None:
-    monitor = MetricMonitor(key)
+    monitor = MetricWatcher(key)
     assert monitor.resolve() == "max"
     assert monitor.mode == "max"
     assert monitor.initial_best() == -math.inf
@@ -57,7 +57,7 @@ def test_auto_mode_max_keys(key: str) -> None:
     ],
 )
 def test_auto_mode_min_keys(key: str) -> None:
-    monitor = MetricMonitor(key)
+    monitor = MetricWatcher(key)
     assert monitor.resolve() == "min"
     assert monitor.initial_best() == math.inf
 
@@ -65,46 +65,46 @@ def test_auto_mode_min_keys(key: str) -> None:
 @pytest.mark.parametrize("key", ["exact_match", "val_custom", "recalls", "accuracy_loss"])
 def test_auto_mode_unknown_or_ambiguous_key_raises_naming_it(key: str) -> None:
     assert infer_mode(key) is None
-    monitor = MetricMonitor(key, owner="EarlyStopping")
+    monitor = MetricWatcher(key, owner="EarlyStopping")
     with pytest.raises(ConfigurationError) as info:
         monitor.resolve()
     message = str(info.value)
     assert repr(key) in message and "mode='max'" in message and "mode='min'" in message
     # An explicit mode needs no inference.
-    assert MetricMonitor(key, mode="min").resolve() == "min"
+    assert MetricWatcher(key, mode="min").resolve() == "min"
 
 
 @pytest.mark.parametrize("mode", ["maximize", "MAX", "", None])
 def test_bad_mode_fails_at_construction(mode: Any) -> None:
     with pytest.raises(ConfigurationError, match="mode"):
-        MetricMonitor("val_reward", mode=mode)
+        MetricWatcher("val_reward", mode=mode)
 
 
 @pytest.mark.parametrize("monitor", ["", None, 3])
 def test_bad_monitor_fails_at_construction(monitor: Any) -> None:
     with pytest.raises(ConfigurationError, match="monitor"):
-        MetricMonitor(monitor)
+        MetricWatcher(monitor)
 
 
 def test_bad_min_delta() -> None:
     with pytest.raises(ConfigurationError, match="min_delta"):
-        MetricMonitor("reward", min_delta=float("nan"))
+        MetricWatcher("reward", min_delta=float("nan"))
     with pytest.raises(ConfigurationError, match="min_delta"):
-        MetricMonitor("reward", min_delta="0.1")  # type: ignore[arg-type]
+        MetricWatcher("reward", min_delta="0.1")  # type: ignore[arg-type]
 
 
 def test_improved_follows_keras3_with_min_delta() -> None:
-    up = MetricMonitor("val_reward", mode="max", min_delta=-0.25)  # stored as abs
+    up = MetricWatcher("val_reward", mode="max", min_delta=-0.25)  # stored as abs
     assert up.min_delta == 0.25
     assert up.improved(0.8, 0.5)
     assert not up.improved(0.75, 0.5)  # 0.75 - 0.25 == 0.5 is not > 0.5
     assert not up.improved(0.4, 0.5)
-    down = MetricMonitor("val_loss", mode="auto", min_delta=0.25)
+    down = MetricWatcher("val_loss", mode="auto", min_delta=0.25)
     down.resolve()
     assert down.improved(0.2, 0.5)
     assert not down.improved(0.25, 0.5)  # 0.25 + 0.25 == 0.5 is not < 0.5
     assert not down.improved(0.9, 0.5)
-    plain = MetricMonitor("val_reward")
+    plain = MetricWatcher("val_reward")
     assert not plain.improved(0.5, 0.5)  # strict, even with min_delta=0
     # Nothing seen yet: any real value improves; NaN never does.
     assert plain.improved(-1e9, None)
@@ -113,14 +113,14 @@ def test_improved_follows_keras3_with_min_delta() -> None:
 
 
 def test_reached() -> None:
-    assert MetricMonitor("reward").reached(1.0, 1.0)
-    assert not MetricMonitor("reward").reached(0.9, 1.0)
-    assert MetricMonitor("cost").reached(0.1, 0.2)
-    assert not MetricMonitor("cost").reached(0.3, 0.2)
+    assert MetricWatcher("reward").reached(1.0, 1.0)
+    assert not MetricWatcher("reward").reached(0.9, 1.0)
+    assert MetricWatcher("cost").reached(0.1, 0.2)
+    assert not MetricWatcher("cost").reached(0.3, 0.2)
 
 
 def test_missing_key_warns_once_with_sorted_keys() -> None:
-    monitor = MetricMonitor("val_reward", owner="EarlyStopping")
+    monitor = MetricWatcher("val_reward", owner="EarlyStopping")
     monitor.resolve()
     logs = {"tokens": 3, "reward": 0.5, "accuracy": 1.0}
     with pytest.warns(UserWarning) as record:
@@ -139,7 +139,7 @@ def test_missing_key_warns_once_with_sorted_keys() -> None:
 
 
 def test_missing_key_strict_raises_same_text() -> None:
-    monitor = MetricMonitor("val_reward", strict=True, owner="ProgramCheckpoint")
+    monitor = MetricWatcher("val_reward", strict=True, owner="ProgramCheckpoint")
     with pytest.raises(MonitorKeyError) as info:
         monitor.get({"reward": 1.0, "cost": 0.0})
     assert isinstance(info.value, KeyError)
@@ -148,7 +148,7 @@ def test_missing_key_strict_raises_same_text() -> None:
 
 
 def test_get_converts_and_rejects_non_numbers() -> None:
-    monitor = MetricMonitor("reward")
+    monitor = MetricWatcher("reward")
     assert monitor.get({"reward": 1}) == 1.0 and isinstance(monitor.get({"reward": 1}), float)
     with pytest.raises(ConfigurationError, match="not a number"):
         monitor.get({"reward": "high"})

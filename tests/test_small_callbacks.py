@@ -20,11 +20,14 @@ import promptfit as pf
 from promptfit.callbacks.backup_and_restore import BackupAndRestore
 from promptfit.callbacks.budget_stopping import BudgetStopping
 from promptfit.callbacks.callback import HOOKS
+from promptfit.callbacks.callback_list import CallbackList
 from promptfit.callbacks.lambda_callback import LambdaCallback
 from promptfit.callbacks.prediction_logger import PredictionLogger
 from promptfit.callbacks.serialization import deserialize, serialize
 from promptfit.callbacks.terminate_on_error import TerminateOnError
 from promptfit.errors import ConfigurationError, SerializationError
+from promptfit.training.context import FitContext
+from promptfit.training.state import FitProgress
 
 PRICED = {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}
 
@@ -42,9 +45,9 @@ class BatchLog(pf.callbacks.Callback):
         self.begins.append(self.probe() if self.probe is not None else None)
 
     def on_train_batch_end(self, batch, logs=None):
-        fit_state = self.program.fit_state
+        assert isinstance(self.context, FitContext)
         probe = self.probe() if self.probe is not None else None
-        self.batches.append((fit_state.epoch, batch, dict(logs or {}), probe))
+        self.batches.append((self.context.epoch, batch, dict(logs or {}), probe))
 
 
 async def _fit(program: pf.Program, n: int = 8, **kwargs: Any) -> Any:
@@ -522,9 +525,13 @@ def test_prediction_logger_restore_keeps_lines_of_epochs_the_run_completed(calc_
     async def main() -> PredictionLogger:
         program = await calc_program()
         await _fit(program, n=2, epochs=1)
-        program.fit_state.epoch = 2  # the restored run resumes at epoch 2
         logger = PredictionLogger(path, num_samples=1)
         logger.set_program(program)
+        # The restored run resumes at epoch 2 (a fit restores its progress before callbacks).
+        progress = FitProgress(seed=0, epochs=3, epoch=2, step=0, steps_per_epoch=1, fingerprint={})
+        logger.set_context(
+            FitContext(program=program, callbacks=CallbackList([logger]), progress=progress)
+        )
         logger.load_state_dict({"epochs_logged": [0], "lines": 1})
         return logger
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from promptfit.errors import ConfigurationError, MonitorKeyError
 
-__all__ = ["MAX_WORDS", "MIN_WORDS", "MODES", "MetricMonitor", "infer_mode"]
+__all__ = ["MAX_WORDS", "MIN_WORDS", "MODES", "MetricWatcher", "infer_mode"]
 
 MODES = ("auto", "min", "max")
 
@@ -61,8 +61,12 @@ def _check_number(name: str, value: Any, owner: str) -> float:
     return float(value)
 
 
-class MetricMonitor:
+class MetricWatcher:
     """Read one log key and decide whether a value improves on a reference.
+
+    (Formerly ``MetricMonitor``: renamed so it is not confused with
+    :class:`~promptfit.callbacks.Monitor`, the MLflow tracker; the old name still works and
+    warns.)
 
     Args:
         monitor: The log key to watch, e.g. ``"val_reward"``.
@@ -76,9 +80,9 @@ class MetricMonitor:
 
     Example:
         ```python
-        from promptfit.callbacks._monitoring import MetricMonitor
+        from promptfit.callbacks._monitoring import MetricWatcher
 
-        monitor = MetricMonitor("val_reward", min_delta=0.01)
+        monitor = MetricWatcher("val_reward", min_delta=0.01)
         monitor.resolve()
         assert monitor.mode == "max"
         assert monitor.improved(0.8, 0.7)
@@ -211,6 +215,17 @@ class MetricMonitor:
 
     def __repr__(self) -> str:
         return (
-            f"MetricMonitor(monitor={self.monitor!r}, mode={self.requested_mode!r}, "
+            f"MetricWatcher(monitor={self.monitor!r}, mode={self.requested_mode!r}, "
             f"min_delta={self.min_delta!r}, strict={self.strict!r})"
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MetricMonitor":  # renamed: "Monitor" is the MLflow tracker
+        warnings.warn(
+            "promptfit.callbacks._monitoring.MetricMonitor is deprecated; use MetricWatcher.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return MetricWatcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Schemas of a backup's contents, checked before anything is restored (or any LM call).
 
 A backup is a file: it can be edited, truncated by a bad disk or written by another version.
-``FitState.load_state_dict`` and the callbacks' ``load_state_dict`` trust their input, so an
+``FitContext.load_state_dict`` and the callbacks' ``load_state_dict`` trust their input, so an
 unchecked backup could silently run extra epochs (``epoch: -5``), skip training (``step`` or
 ``epoch`` of 10**6), stop at once (``stop_training: "no"`` is truthy), rewrite a CSV log with
 the columns ``a,b,c`` (a header ``"abc"``), rename a metric, or raise a raw ``TypeError`` only
@@ -35,7 +35,7 @@ from promptfit.saving.paths import is_safe_relative
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
-    from promptfit.training.state import FitState
+    from promptfit.training.context import FitContext
 
 __all__ = ["validate_backup"]
 
@@ -265,7 +265,7 @@ def _invalid(path: Path, problem: str) -> CheckpointError:
     )
 
 
-def validate_backup(path: Path, saved: Any, state: FitState, program: Program) -> None:
+def validate_backup(path: Path, saved: Any, state: FitContext, program: Program) -> None:
     """Check a backup's ``fit_state`` against the schemas and against the current fit.
 
     Raises:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._checks import check_save_freq
 from promptfit.callbacks._dir_lock import LOCK_NAME, DirectoryLock
 from promptfit.callbacks._restore_schema import validate_backup
 from promptfit.callbacks.callback import Callback
@@ -17,6 +18,7 @@ from promptfit.errors import BackupMismatchError, CheckpointError, Configuration
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
 from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
 from promptfit.saving.secrets import register_language_models, scrub_credentials
+from promptfit.training.context import FitContext
 
 __all__ = ["BackupAndRestore"]
 
@@ -30,7 +32,7 @@ PREVIOUS_NAME = "backup.prev.json"
 # Parts of ``fit_state`` that are training data (copied as they are), not configuration.
 _UNSCRUBBED = ("variables", "optimizer", "fingerprint", "seed")
 
-# What a backup's ``fit_state`` must hold for FitState.load_state_dict to apply it; a file
+# What a backup's ``fit_state`` must hold for FitContext.load_state_dict to apply it; a file
 # without them is treated as corrupt instead of half-restoring the program.
 _REQUIRED_KEYS = (
     "seed",
@@ -123,14 +125,8 @@ class BackupAndRestore(Callback):
             raise ConfigurationError(
                 f"`backup_dir` must be a non-empty directory path, got {backup_dir!r}."
             )
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ConfigurationError(
-                f"`save_freq` must be 'epoch' or a positive number of batches, got {save_freq!r}."
-            )
         self.backup_dir = Path(backup_dir)
-        self.save_freq = save_freq
+        self.save_freq = check_save_freq("BackupAndRestore", save_freq)
         self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = bool(delete_checkpoint)
         self._failed = False
@@ -157,8 +153,8 @@ class BackupAndRestore(Callback):
         self._failed = False
         self._last_good = None
         program = self.program
-        state = program.fit_state
-        if state is None:
+        state = self.context
+        if not isinstance(state, FitContext):
             raise CheckpointError(
                 "BackupAndRestore only works inside program.fit(); pass it in `callbacks=`."
             )
@@ -173,7 +169,7 @@ class BackupAndRestore(Callback):
         validate_backup(path, saved, state, program)
         before = _Snapshot(program)
         try:
-            state.load_state_dict(program, saved, exclude=self)
+            state.load_state_dict(saved, exclude=self)
         except BackupMismatchError as error:
             before.restore()
             # Same error, with the file named: the fix ("delete the old backup") needs it.
@@ -195,8 +191,8 @@ class BackupAndRestore(Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.save_freq == "epoch":
             return
-        state = self.program.fit_state
-        if state is None or state.global_step % int(self.save_freq) != 0:
+        state = self.context
+        if not isinstance(state, FitContext) or state.global_step % int(self.save_freq) != 0:
             return
         # When a callback asked to stop at this batch, fit goes straight to the epoch end, which
         # must run again on resume; the previous backup leads back here deterministically.
@@ -239,8 +235,8 @@ class BackupAndRestore(Callback):
 
     def _save(self) -> None:
         program = self.program
-        state = program.fit_state
-        if state is None:
+        state = self.context
+        if not isinstance(state, FitContext):
             return
         register_language_models(program.all_language_models())
         payload = {
@@ -248,9 +244,7 @@ class BackupAndRestore(Callback):
             "version": BACKUP_VERSION,
             # Callback states and logs may quote configurations: no credential is written.
             # Variables and optimizer state are training data and must round-trip exactly.
-            "fit_state": scrub_credentials(
-                state.state_dict(program, exclude=self), keep=_UNSCRUBBED
-            ),
+            "fit_state": scrub_credentials(state.state_dict(exclude=self), keep=_UNSCRUBBED),
         }
         try:
             # NaN is allowed (Python reads it back): a NaN metric must not kill the run.
@@ -324,10 +318,8 @@ class BackupAndRestore(Callback):
         )
 
     # -- reporting ---------------------------------------------------------------------------
-    def _warn_unmatched_callbacks(self, saved: dict[str, Any], state: Any) -> None:
+    def _warn_unmatched_callbacks(self, saved: dict[str, Any], state: FitContext) -> None:
         """Warn when the callback list changed: unmatched callbacks restart from scratch."""
-        if state.callbacks is None:
-            return
         current = {
             state.callback_key(i, cb)
             for i, cb in enumerate(state.callbacks)
@@ -345,15 +337,16 @@ class BackupAndRestore(Callback):
                 stacklevel=3,
             )
 
-    def _report_resume(self, path: Path, state: Any) -> None:
+    def _report_resume(self, path: Path, state: FitContext) -> None:
         epochs = self.params.get("epochs", state.epochs)
         steps = self.params.get("steps", state.steps_per_epoch)
-        if self.program.stop_training or state.epoch >= epochs:
+        progress = state.progress
+        if self.program.stop_training or progress.epoch >= epochs:
             where = "the backed-up run had already finished; nothing left to train"
         else:
-            where = f"continuing at epoch {state.epoch + 1}/{epochs}"
-            if state.step:
-                where += f", batch {state.step + 1}/{steps}"
+            where = f"continuing at epoch {progress.epoch + 1}/{epochs}"
+            if progress.step:
+                where += f", batch {progress.step + 1}/{steps}"
         message = f"BackupAndRestore: resumed from {path}: {where}."
         logger.info(message)
         if self.params.get("verbose", 1) not in (0, "0"):

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from promptfit.callbacks._checks import check_optional_int, check_optional_number
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
+from promptfit.training.context import FitContext
 
 __all__ = ["BudgetStopping"]
 
 # Limit name -> the usage counter it watches, in the order limits are checked.
 _LIMITS = (("max_cost", "cost"), ("max_tokens", "tokens"), ("max_calls", "calls"))
-
-
-def _check_limit(name: str, value: Any, integer: bool) -> float | int | None:
-    if value is None:
-        return None
-    kind = "a positive integer" if integer else "a positive number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or not value > 0 or not math.isfinite(value):
-        raise ConfigurationError(f"`{name}` must be {kind} or None, got {value!r}.")
-    return value
 
 
 class BudgetStopping(Callback):
@@ -43,7 +34,7 @@ class BudgetStopping(Callback):
     limit by up to one batch (or one validation pass).
 
     Resuming: :meth:`state_dict` saves what was consumed. On restore (``BackupAndRestore``
-    restores ``FitState``, which first puts every LM's usage counters back to their values at
+    restores the fit's progress, which first puts every LM's usage counters back to their values at
     backup time, then this callback's state), counting continues from the consumed amount at
     backup time. Calls made between that backup and a crash were rolled back along with the
     counters and are *not* counted: after a crash the provider's bill can exceed what this
@@ -88,9 +79,9 @@ class BudgetStopping(Callback):
                 "BudgetStopping needs at least one limit: pass max_cost=, max_tokens= "
                 "or max_calls=."
             )
-        self.max_cost = _check_limit("max_cost", max_cost, integer=False)
-        self.max_tokens = _check_limit("max_tokens", max_tokens, integer=True)
-        self.max_calls = _check_limit("max_calls", max_calls, integer=True)
+        self.max_cost = check_optional_number("BudgetStopping", "max_cost", max_cost, above=0.0)
+        self.max_tokens = check_optional_int("BudgetStopping", "max_tokens", max_tokens, minimum=1)
+        self.max_calls = check_optional_int("BudgetStopping", "max_calls", max_calls, minimum=1)
         if verbose not in (0, 1):
             raise ConfigurationError(f"`verbose` must be 0 or 1, got {verbose!r}.")
         self.verbose = int(verbose)
@@ -101,10 +92,16 @@ class BudgetStopping(Callback):
         # Consumed amount from a restored backup, applied once the program is attached.
         self._pending: dict[str, float] | None = None
         self._restored = False
-        self._epoch = 0
+        self._epoch = 0  # from the hooks' arguments, for loops that set no FitContext
         # What the finished run consumed: read after the fit, outside its usage scope, the
         # program's usage totals are the LMs' global ones (other runs included).
         self._final: dict[str, float] | None = None
+
+    @property
+    def _current_epoch(self) -> int:
+        """The fit's epoch (right on a resumed epoch too), else the last hook's argument."""
+        context = self.context
+        return context.epoch if isinstance(context, FitContext) else self._epoch
 
     # -- accounting ---------------------------------------------------------------------------
     def _totals(self) -> dict[str, float]:
@@ -140,7 +137,7 @@ class BudgetStopping(Callback):
             limit = getattr(self, name)
             if limit is not None and consumed[key] >= limit:
                 self.stopped_reason = name
-                self.stopped_epoch = self._epoch
+                self.stopped_epoch = self._current_epoch
                 self.program.stop_training = True
                 if self.verbose:
                     print(
@@ -152,8 +149,7 @@ class BudgetStopping(Callback):
 
     # -- hooks -----------------------------------------------------------------------------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        fit_state = getattr(self.program, "fit_state", None)
-        self._epoch = fit_state.epoch if fit_state is not None else 0
+        self._epoch = 0
         self._final = None
         if self._pending is not None:
             # Restored before the program was attached: count on from the backup's amount.
@@ -170,10 +166,7 @@ class BudgetStopping(Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        fit_state = getattr(self.program, "fit_state", None)
-        if fit_state is not None:  # a resumed epoch has no on_epoch_begin
-            self._epoch = fit_state.epoch
-        self._check(f"epoch {self._epoch}, batch {batch}")
+        self._check(f"epoch {self._current_epoch}, batch {batch}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -196,7 +189,7 @@ class BudgetStopping(Callback):
         """Continue counting from the consumed amount saved in ``state``.
 
         The start offset is recomputed from the *current* usage totals, so this works whether
-        or not the LM counters were restored too: with ``FitState`` restoring them first (the
+        or not the LM counters were restored too: with the fit's context restoring them first (the
         normal resume), the offset equals the one of the original run. If the restored amount
         already reaches a limit, training is stopped before another batch runs.
         """

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
+    from promptfit.training.context import RunContext
 
 __all__ = ["HOOKS", "Callback"]
 
@@ -39,6 +40,14 @@ class Callback:
     Attributes:
         program: The program being trained (set before ``on_train_begin``).
         params: ``{"epochs", "steps", "batch_size", "verbose", ...}`` for the current run.
+        context: The run being run, or ``None`` outside one: a
+            :class:`~promptfit.training.context.FitContext` from ``on_train_begin`` through
+            ``on_train_end`` of a ``fit`` (current ``epoch`` and ``step`` -- right on a resumed
+            epoch too --, ``last_batch``, the data, ``history``, ``optimizer``, the
+            ``callbacks``, the resumable ``progress``), or a
+            :class:`~promptfit.training.context.RunContext` from ``on_test_begin`` through
+            ``on_test_end`` of an ``evaluate``. Set by
+            :class:`~promptfit.callbacks.CallbackList`; read it in a hook, do not keep it.
 
     Callbacks whose progress must survive a crash implement :meth:`state_dict` and
     :meth:`load_state_dict`; :class:`~promptfit.callbacks.BackupAndRestore` saves and restores
@@ -55,9 +64,14 @@ class Callback:
         ```
     """
 
+    #: The current run (see the class docstring); a class default, so that a subclass whose
+    #: ``__init__`` forgets ``super().__init__()`` still reads ``None`` outside a run.
+    context: RunContext | None = None
+
     def __init__(self) -> None:
         self._program: Program | None = None
         self.params: dict[str, Any] = {}
+        self.context = None
 
     @property
     def program(self) -> Program:
@@ -70,6 +84,10 @@ class Callback:
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
+
+    def set_context(self, context: RunContext | None) -> None:
+        """Called by :class:`~promptfit.callbacks.CallbackList` around each run."""
+        self.context = context
 
     # -- hooks (no-ops; CallbackList skips the ones a subclass does not override) -----------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> Any: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ from promptfit.callbacks.callback import HOOKS, Callback
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
+    from promptfit.training.context import RunContext
 
 __all__ = ["CallbackList"]
 
@@ -67,6 +69,28 @@ class CallbackList:
     def set_params(self, params: dict[str, Any]) -> None:
         for callback in self.callbacks:
             callback.set_params(params)
+
+    def set_context(self, context: RunContext | None) -> None:
+        """Give every callback ``context`` (``None``: no run)."""
+        for callback in self.callbacks:
+            callback.set_context(context)
+
+    @contextlib.contextmanager
+    def running(self, context: RunContext) -> Iterator[None]:
+        """Give every callback the run's context for the ``with`` block, then take it back.
+
+        ``fit`` wraps ``on_train_begin`` .. ``on_train_end`` in it, a standalone ``evaluate``
+        ``on_test_begin`` .. ``on_test_end``. On exit, even after an error, each callback gets
+        back the context it had before (``None`` outside any run): a callback that runs an
+        ``evaluate`` of its own with itself in the list keeps its fit's context afterwards.
+        """
+        previous = [callback.context for callback in self.callbacks]
+        self.set_context(context)
+        try:
+            yield
+        finally:
+            for callback, before in zip(self.callbacks, previous, strict=True):
+                callback.set_context(before)
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
-from promptfit.callbacks._monitoring import MetricMonitor
+from promptfit.callbacks._checks import check_int, check_optional_number, json_float
+from promptfit.callbacks._monitoring import MetricWatcher
 from promptfit.callbacks.callback import Callback
-from promptfit.errors import ConfigurationError
 
 __all__ = ["EarlyStopping"]
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"EarlyStopping: `{name}` must be an integer >= 0, got {value!r}.")
-    return value
-
-
-def _optional_number(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(
-            f"EarlyStopping: `{name}` must be a finite number or None, got {value!r}."
-        )
-    return float(value)
-
-
-def _json_float(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 class EarlyStopping(Callback):
@@ -100,18 +79,20 @@ class EarlyStopping(Callback):
         strict: bool = False,
     ) -> None:
         super().__init__()
-        self._monitor = MetricMonitor(monitor, mode, min_delta, strict, owner="EarlyStopping")
+        self._monitor = MetricWatcher(monitor, mode, min_delta, strict, owner="EarlyStopping")
         self.monitor = monitor
         self.mode = mode
         self.min_delta = self._monitor.min_delta
-        self.patience = _non_negative_int("patience", patience)
-        self.verbose = _non_negative_int(
-            "verbose", int(verbose) if isinstance(verbose, bool) else verbose
-        )
-        self.baseline = _optional_number("baseline", baseline)
+        self.patience = check_int("EarlyStopping", "patience", patience, minimum=0)
+        # verbose=True is taken as 1 (as before); other non-integers are refused.
+        verbose = int(verbose) if isinstance(verbose, bool) else verbose
+        self.verbose = check_int("EarlyStopping", "verbose", verbose, minimum=0)
+        self.baseline = check_optional_number("EarlyStopping", "baseline", baseline)
         self.restore_best_variables = bool(restore_best_variables)
-        self.start_from_epoch = _non_negative_int("start_from_epoch", start_from_epoch)
-        self.stop_at = _optional_number("stop_at", stop_at)
+        self.start_from_epoch = check_int(
+            "EarlyStopping", "start_from_epoch", start_from_epoch, minimum=0
+        )
+        self.stop_at = check_optional_number("EarlyStopping", "stop_at", stop_at)
         self.strict = bool(strict)
         self.wait = 0
         self.stopped_epoch = 0
@@ -146,14 +127,14 @@ class EarlyStopping(Callback):
             self.best_epoch = epoch
 
         self.wait += 1
-        improved = self._is_improvement(current, self.best)
+        improved = self._monitor.improved(current, self.best)
         if improved:
             self.best = current
             self.best_epoch = epoch
             if self.restore_best_variables:
                 self.best_variables = self.program.get_variables()
             # Only restart waiting if the value beats both the previous best and the baseline.
-            if self.baseline is None or self._is_improvement(current, self.baseline):
+            if self.baseline is None or self._monitor.improved(current, self.baseline):
                 self.wait = 0
 
         if self.stop_at is not None and self._monitor.reached(current, self.stop_at):
@@ -189,9 +170,6 @@ class EarlyStopping(Callback):
         self.stopped_epoch = epoch
         self.program.stop_training = True
 
-    def _is_improvement(self, current: float, reference: float | None) -> bool:
-        return self._monitor.improved(current, reference)
-
     def get_monitor_value(self, logs: dict[str, Any] | None) -> float | None:
         """The monitored value in ``logs`` (warns once, or raises with ``strict``, if absent)."""
         return self._monitor.get(logs)
@@ -200,7 +178,7 @@ class EarlyStopping(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "wait": self.wait,
-            "best": _json_float(self.best),
+            "best": json_float(self.best),
             "best_epoch": self.best_epoch,
             "stopped_epoch": self.stopped_epoch,
             "best_variables": copy.deepcopy(self.best_variables),

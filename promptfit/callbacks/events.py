@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.train_state import TrainState
 from promptfit.errors import ConfigurationError
+from promptfit.training.context import FitContext
 
 __all__ = ["EVENTS", "Events"]
 
@@ -83,11 +84,6 @@ class Events(Callback):
     def __init__(self) -> None:
         super().__init__()
         self._handlers: dict[str, list[Callable[..., Any]]] = {event: [] for event in EVENTS}
-        self._in_fit = False
-        self._epoch = 0
-        self._step = 0
-        self._epochs = 0
-        self._steps_per_epoch = 0
 
     # -- registration ------------------------------------------------------------------------
     def on(self, event: str, handler: Handler | None = None) -> Any:
@@ -121,26 +117,17 @@ class Events(Callback):
                 await result
 
     # -- state -------------------------------------------------------------------------------
-    def _sync_from_fit(self) -> None:
-        """Take counters from the fit's FitState (correct after a resume, too)."""
-        fit_state = getattr(self._program, "fit_state", None)
-        if fit_state is not None:
-            self._epoch, self._step = fit_state.epoch, fit_state.step
-            self._epochs, self._steps_per_epoch = fit_state.epochs, fit_state.steps_per_epoch
-        else:
-            self._epochs = int(self.params.get("epochs", 0) or 0)
-            self._steps_per_epoch = int(self.params.get("steps", 0) or 0)
-
     async def _emit(self, event: str, logs: dict[str, Any] | None, **extra: Any) -> None:
         if not self._handlers[event]:
             return
-        if self._in_fit:
+        context = self.context
+        if isinstance(context, FitContext):  # the fit's counters: right after a resume too
             counters = {
-                "epoch": self._epoch,
-                "step": self._step,
-                "global_step": self._epoch * self._steps_per_epoch + self._step,
-                "num_epochs": self._epochs,
-                "max_steps": self._epochs * self._steps_per_epoch,
+                "epoch": context.epoch,
+                "step": context.step,
+                "global_step": context.global_step,
+                "num_epochs": context.epochs,
+                "max_steps": context.epochs * context.steps_per_epoch,
             }
         else:
             counters = {}
@@ -151,33 +138,21 @@ class Events(Callback):
 
     # -- hooks ---------------------------------------------------------------------------------
     async def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._in_fit = True
-        self._sync_from_fit()
         await self._emit("train_start", logs)
 
     async def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        try:
-            await self._emit("train_end", logs)
-        finally:
-            self._in_fit = False
+        await self._emit("train_end", logs)
 
     async def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch, self._step = epoch, 0
         await self._emit("epoch_start", logs)
 
     async def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch = epoch
         await self._emit("epoch_end", logs)
 
     async def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        fit_state = getattr(self._program, "fit_state", None)
-        if fit_state is not None:  # a resumed epoch has no epoch_start
-            self._epoch = fit_state.epoch
-        self._step = batch
         await self._emit("step_start", logs, batch=batch)
 
     async def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._step = batch + 1
         await self._emit("step_end", logs, batch=batch)
 
     async def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:

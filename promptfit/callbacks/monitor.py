@@ -35,6 +35,7 @@ from promptfit.observability.registry import (
     PromptJob,
     check_alias,
 )
+from promptfit.training.context import FitContext
 
 __all__ = ["Monitor"]
 
@@ -116,10 +117,10 @@ def _check_prompt_name(template: str) -> str:
     return template
 
 
-def _new_best(program: Any, path: str) -> tuple[float | None, str | None] | None:
+def _new_best(context: Any, path: str) -> tuple[float | None, str | None] | None:
     """``(score, monitor)`` if ``path`` is the best checkpoint of a ProgramCheckpoint of the fit
     (it just improved), else ``None``."""
-    state = program.fit_state
+    state = context
     callbacks = list(state.callbacks) if state is not None and state.callbacks else []
     saved = Path(path).resolve()
     for callback in callbacks:
@@ -318,8 +319,12 @@ class Monitor(Callback):
         if session is None or not session.active or not self.log_batch_metrics:
             return
         try:
-            state = self.program.fit_state
-            step = batch if state is None else state.epoch * state.steps_per_epoch + batch
+            state = self.context
+            step = (
+                batch
+                if not isinstance(state, FitContext)
+                else state.epoch * state.steps_per_epoch + batch
+            )
             session.add_metrics(logs, step, prefix="batch/")
             if not session.down:
                 session.kick()  # while the server is down, retry at epoch ends only
@@ -346,7 +351,7 @@ class Monitor(Callback):
         if not session.active or not self.register_prompts:
             return
         try:
-            best = _new_best(self.program, path)
+            best = _new_best(self.context, path)
             if best is not None:  # snapshot now: the optimizer changes the prompts next epoch
                 session.add_prompt_job(best[0], best[1], [self.best_alias])
                 session.kick()
@@ -481,7 +486,7 @@ class _Session:
     def _describe(self, program: Any, lms: list[Any]) -> dict[str, Any]:
         from promptfit.observability.mlflow_backend import scrub_secrets
 
-        state = program.fit_state
+        state = self.monitor.context
         callbacks = list(state.callbacks) if state is not None and state.callbacks else []
         callback_configs = []
         for callback in callbacks:
@@ -535,8 +540,8 @@ class _Session:
     def _datasets(self, program: Any) -> list[tuple[str, str, list[dict[str, Any]], list[str]]]:
         from promptfit.observability.run_outputs import dataset_rows
 
-        state = program.fit_state
-        if state is None:
+        state = self.monitor.context
+        if not isinstance(state, FitContext):
             return []
         jobs = []
         for context, suffix, xs, ys in (
@@ -556,10 +561,10 @@ class _Session:
         values = {name: v.numpy() for name, v in trainable_prompts(program).items()}
         if not values:
             return
-        state = program.fit_state
+        state = self.monitor.context
         epoch = self.current_epoch
         if epoch is None:  # resumed mid-epoch: no on_epoch_begin yet
-            epoch = state.epoch if state is not None else self.last_epoch
+            epoch = state.epoch if isinstance(state, FitContext) else self.last_epoch
         job = PromptJob(values=values, epoch=epoch, score=score, monitor=monitor, aliases=aliases)
         with self.lock:
             self.prompt_jobs.append(job)
@@ -691,7 +696,7 @@ class _Session:
     def _final_score(self) -> tuple[float | None, str | None]:
         """The last epoch's value of the key a ProgramCheckpoint monitors (else val_reward,
         else reward), for the final version's ``promptfit.score`` tag."""
-        state = self.monitor.program.fit_state
+        state = self.monitor.context
         callbacks = list(state.callbacks) if state is not None and state.callbacks else []
         keys = [
             c.monitor
@@ -705,7 +710,7 @@ class _Session:
         return None, None
 
     def _best_checkpoint(self) -> Path | None:
-        state = self.monitor.program.fit_state
+        state = self.monitor.context
         callbacks = list(state.callbacks) if state is not None and state.callbacks else []
         checkpointers = [c for c in callbacks if type(c).__name__ == "ProgramCheckpoint"]
         if not checkpointers:

@@ -8,10 +8,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._checks import check_int
 from promptfit.callbacks._log_files import LogWriteGuard
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import ConfigurationError
 from promptfit.saving.atomic import durable_append_text
+from promptfit.training.context import FitContext
 
 __all__ = ["PredictionLogger"]
 
@@ -42,12 +44,6 @@ def _truncate(path: Path, size: int) -> None:
         handle.truncate(size)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
 
 
 class PredictionLogger(Callback):
@@ -102,11 +98,11 @@ class PredictionLogger(Callback):
         if not isinstance(filepath, str | os.PathLike) or not str(filepath):
             raise ConfigurationError(f"`filepath` must be a file path, got {filepath!r}.")
         self.filepath = Path(filepath)
-        self.every_n_epochs = _positive_int("every_n_epochs", every_n_epochs)
-        self.num_samples = _positive_int("num_samples", num_samples)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigurationError(f"`seed` must be an integer, got {seed!r}.")
-        self.seed = seed
+        self.every_n_epochs = check_int(
+            "PredictionLogger", "every_n_epochs", every_n_epochs, minimum=1
+        )
+        self.num_samples = check_int("PredictionLogger", "num_samples", num_samples, minimum=1)
+        self.seed = check_int("PredictionLogger", "seed", seed)
         self.epochs_logged: list[int] = []
         self._lines: int | None = None  # complete lines in the file after our last write
         self._restored = False
@@ -159,13 +155,13 @@ class PredictionLogger(Callback):
         pending = {r["epoch"] for r in self._pending}
         if (epoch + 1) % self.every_n_epochs or epoch in self.epochs_logged or epoch in pending:
             return
-        fit_state = self.program.fit_state
-        if fit_state is None:
+        context = self.context
+        if not isinstance(context, FitContext):
             return
-        if fit_state.val_xs:
-            split, xs, ys = "validation", fit_state.val_xs, fit_state.val_ys
+        if context.val_xs:
+            split, xs, ys = "validation", context.val_xs, context.val_ys
         else:
-            split, xs, ys = "train", fit_state.xs, fit_state.ys
+            split, xs, ys = "train", context.xs, context.ys
         indices = self.sample_indices(len(xs))
         if not indices:
             return
@@ -200,8 +196,8 @@ class PredictionLogger(Callback):
         if known is None:  # the backup predates our first train begin: keep complete lines
             known = len(lines)
         keep = min(int(known), len(lines))
-        fit_state = getattr(self._program, "fit_state", None)
-        done = fit_state.epoch if fit_state is not None else None
+        context = self.context  # restored by the fit: its progress is the backup's
+        done = context.progress.epoch if isinstance(context, FitContext) else None
         while done is not None and keep < len(lines):
             try:
                 epoch = int(json.loads(lines[keep][1])["epoch"])

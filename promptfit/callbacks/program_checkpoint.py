@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptfit.callbacks._monitoring import MetricMonitor
+from promptfit.callbacks._checks import check_optional_int, json_float
+from promptfit.callbacks._monitoring import MetricWatcher
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
 from promptfit.checkpoints.manifest import CheckpointManifest, make_entry
@@ -77,20 +78,6 @@ def _manifest_directory(filepath: str) -> Path:
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(".")
-
-
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"ProgramCheckpoint: `{name}` must be a positive integer or None, got {value!r}."
-        )
-    return value
-
-
-def _json_float(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 class ProgramCheckpoint(Callback):
@@ -204,7 +191,7 @@ class ProgramCheckpoint(Callback):
             )
         self.filepath = str(os.fspath(filepath))
         self._fields = _template_fields(self.filepath)
-        self._monitor = MetricMonitor(monitor, mode, 0.0, strict, owner="ProgramCheckpoint")
+        self._monitor = MetricWatcher(monitor, mode, 0.0, strict, owner="ProgramCheckpoint")
         self.monitor = monitor
         self.mode = mode
         self.strict = bool(strict)
@@ -242,7 +229,9 @@ class ProgramCheckpoint(Callback):
         self.initial_value_threshold = (
             None if initial_value_threshold is None else float(initial_value_threshold)
         )
-        self.keep_top_k = _optional_positive_int("keep_top_k", keep_top_k)
+        self.keep_top_k = check_optional_int(
+            "ProgramCheckpoint", "keep_top_k", keep_top_k, minimum=1
+        )
 
         if module_names is not None:
             if isinstance(module_names, str) or not all(
@@ -486,7 +475,7 @@ class ProgramCheckpoint(Callback):
         return [e for _, e in candidates if e["path"] not in keep]
 
     async def _notify_saved(self, path: str, logs: dict[str, Any]) -> None:
-        state = getattr(self._program, "fit_state", None)
+        state = self.context
         callbacks = getattr(state, "callbacks", None)
         if callbacks is None:
             return
@@ -536,7 +525,7 @@ class ProgramCheckpoint(Callback):
     # -- state and config --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "best": _json_float(self.best),
+            "best": json_float(self.best),
             "best_path": self.best_path,
             "tolerances": {str(t): dict(state) for t, state in self._tolerance_state.items()},
             "batches_seen": self._batches_seen,

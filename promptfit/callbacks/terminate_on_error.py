@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from promptfit.callbacks._checks import check_optional_int, check_optional_number
 from promptfit.callbacks.callback import Callback
-from promptfit.errors import ConfigurationError
+from promptfit.training.context import FitContext
 
 __all__ = ["TerminateOnError"]
 
@@ -59,29 +59,22 @@ class TerminateOnError(Callback):
         self, max_failed_calls: int | None = None, max_failure_rate: float | None = None
     ) -> None:
         super().__init__()
-        if max_failed_calls is not None and (
-            isinstance(max_failed_calls, bool)
-            or not isinstance(max_failed_calls, int)
-            or max_failed_calls < 1
-        ):
-            raise ConfigurationError(
-                f"`max_failed_calls` must be a positive integer or None, got {max_failed_calls!r}."
-            )
-        if max_failure_rate is not None and (
-            isinstance(max_failure_rate, bool)
-            or not isinstance(max_failure_rate, int | float)
-            or not math.isfinite(max_failure_rate)
-            or not 0.0 < max_failure_rate <= 1.0
-        ):
-            raise ConfigurationError(
-                f"`max_failure_rate` must be in (0, 1] or None, got {max_failure_rate!r}."
-            )
-        if max_failed_calls is None and max_failure_rate is None:
-            max_failure_rate = 1.0
-        self.max_failed_calls = max_failed_calls
-        self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
+        self.max_failed_calls = check_optional_int(
+            "TerminateOnError", "max_failed_calls", max_failed_calls, minimum=1
+        )
+        self.max_failure_rate = check_optional_number(
+            "TerminateOnError", "max_failure_rate", max_failure_rate, above=0.0, maximum=1.0
+        )
+        if self.max_failed_calls is None and self.max_failure_rate is None:
+            self.max_failure_rate = 1.0
         self.stopped_reason: str | None = None
-        self._epoch = 0
+        self._epoch = 0  # from the hooks' arguments, for loops that set no FitContext
+
+    @property
+    def _current_epoch(self) -> int:
+        """The fit's epoch (right on a resumed epoch too), else the last hook's argument."""
+        context = self.context
+        return context.epoch if isinstance(context, FitContext) else self._epoch
 
     def _stop(self, reason: str) -> None:
         self.stopped_reason = reason
@@ -94,7 +87,7 @@ class TerminateOnError(Callback):
         failed = int((logs or {}).get("failed_calls", 0) or 0)
         if failed >= self.max_failed_calls:
             self._stop(
-                f"{failed} failed LM calls in epoch {self._epoch} ({where}) reached "
+                f"{failed} failed LM calls in epoch {self._current_epoch} ({where}) reached "
                 f"max_failed_calls={self.max_failed_calls}"
             )
             return True
@@ -102,8 +95,7 @@ class TerminateOnError(Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.stopped_reason = None
-        fit_state = getattr(self.program, "fit_state", None)
-        self._epoch = fit_state.epoch if fit_state is not None else 0
+        self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -111,19 +103,17 @@ class TerminateOnError(Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.stopped_reason is not None:
             return
-        fit_state = getattr(self.program, "fit_state", None)
-        if fit_state is not None:  # a resumed epoch has no on_epoch_begin
-            self._epoch = fit_state.epoch
         if self._check_count(logs, f"after batch {batch}"):
             return
-        examples = getattr(fit_state, "batch_examples", 0)
-        if self.max_failure_rate is None or not examples:
+        outcome = self.context.last_batch if self.context is not None else None
+        if self.max_failure_rate is None or outcome is None or not outcome.predictions:
             return
-        failed = fit_state.batch_failed_predictions
+        examples = len(outcome.predictions)
+        failed = outcome.failed_predictions
         rate = failed / examples
         if rate >= self.max_failure_rate:
             self._stop(
-                f"{failed} of {examples} predictions failed in epoch {self._epoch}, batch "
+                f"{failed} of {examples} predictions failed in epoch {self._current_epoch}, batch "
                 f"{batch} (rate {rate:.2f} reached max_failure_rate={self.max_failure_rate:g})"
             )
 

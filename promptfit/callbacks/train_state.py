@@ -15,8 +15,9 @@ __all__ = ["TrainState"]
 class TrainState:
     """Where training is when an event fires, plus a way to stop it.
 
-    One object per event: handlers may keep it, it is never mutated afterwards. Counting
-    follows :class:`~promptfit.training.state.FitState`, so numbers agree with backups.
+    One object per event: handlers may keep it, it is never mutated afterwards. The counters
+    are copied from the fit's :class:`~promptfit.training.context.FitContext`, so numbers
+    agree with backups (and are right on a resumed epoch).
 
     Attributes:
         event: The event name (``"epoch_end"``...).

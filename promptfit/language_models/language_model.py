@@ -53,7 +53,7 @@ from promptfit.language_models.structured import (
     server_message,
 )
 from promptfit.language_models.usage import Usage
-from promptfit.observability.spans import span, span_backend
+from promptfit.observability.spans import NOOP_SPAN, span, span_backend
 
 __all__ = ["Generation", "LanguageModel"]
 
@@ -145,19 +145,9 @@ def _retry_after(exc: BaseException | None) -> float | None:
         return None
 
 
-class _NoopSpan:
-    """What an LM call records into when no tracing backend is installed."""
-
-    def set_outputs(self, outputs: Any) -> None:
-        return None
-
-    def set_attributes(self, attributes: dict[str, Any]) -> None:
-        return None
-
-
 # With tracing off (the default) a call opens this shared, reusable context instead of a
 # span: no generator, no input or attribute dicts per call.
-_NO_SPAN = contextlib.nullcontext(_NoopSpan())
+_NO_SPAN = contextlib.nullcontext(NOOP_SPAN)
 
 
 def _new_semaphore(value: int) -> anyio.Semaphore:

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from promptfit.observability.spans import NOOP_SPAN
 from promptfit.saving.secrets import REDACTED, is_credential_name, scrub_text
 
 __all__ = [
@@ -257,15 +258,7 @@ _FILTERED_LOGGERS = (
 
 
 # -- span handles ----------------------------------------------------------------------------
-class _NoopHandle:
-    def set_outputs(self, outputs: Any) -> None:
-        return None
-
-    def set_attributes(self, attributes: dict[str, Any]) -> None:
-        return None
-
-
-_NOOP = _NoopHandle()
+_NOOP = NOOP_SPAN
 
 
 class _Handle:

@@ -12,7 +12,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["SpanBackend", "SpanHandle", "set_span_backend", "span", "span_backend"]
+__all__ = [
+    "NOOP_SPAN",
+    "NoopSpan",
+    "SpanBackend",
+    "SpanHandle",
+    "set_span_backend",
+    "span",
+    "span_backend",
+]
 
 
 class SpanHandle(Protocol):
@@ -26,7 +34,13 @@ class SpanBackend(Protocol):
     ) -> contextlib.AbstractContextManager[SpanHandle]: ...
 
 
-class _NoopHandle:
+class NoopSpan:
+    """The span handle of every span that records nothing: tracing off, a backend that failed
+    to open a span, or a store MLflow cannot use. One class for the whole package, so "a span
+    that records nothing" cannot drift between the tracer, the MLflow backend and LM calls."""
+
+    __slots__ = ()
+
     def set_outputs(self, outputs: Any) -> None:
         return None
 
@@ -34,7 +48,9 @@ class _NoopHandle:
         return None
 
 
-_NOOP = _NoopHandle()
+#: The shared instance (stateless, so one is enough).
+NOOP_SPAN = NoopSpan()
+_NOOP = NOOP_SPAN
 _backend: SpanBackend | None = None
 
 

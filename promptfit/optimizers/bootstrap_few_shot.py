@@ -25,8 +25,8 @@ from promptfit.variables.overrides import override_language_model
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
+    from promptfit.training.outcome import BatchOutcome
     from promptfit.training.traces import ModuleTrace
-    from promptfit.training.trainer import BatchOutcome
 
 __all__ = ["BootstrapFewShot"]
 

@@ -11,7 +11,7 @@ from promptfit.language_models.request import build_messages, render_system
 from promptfit.optimizers.optimizer import PopulationOptimizer
 
 if TYPE_CHECKING:
-    from promptfit.training.trainer import BatchOutcome
+    from promptfit.training.outcome import BatchOutcome
 
 __all__ = ["InstructionOptimizer", "InstructionProposal"]
 

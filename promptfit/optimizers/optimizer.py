@@ -32,7 +32,8 @@ from promptfit.variables.overrides import override_variables
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
-    from promptfit.training.trainer import BatchOutcome
+    from promptfit.training.context import FitContext
+    from promptfit.training.outcome import BatchOutcome
 
 __all__ = ["Optimizer", "PopulationOptimizer", "score_candidates"]
 
@@ -54,7 +55,13 @@ class Optimizer:
     ``on_batch_end`` after every training batch and ``on_epoch_end`` after every epoch.
     ``state_dict``/``load_state_dict`` must capture everything (RNG included) so a resumed run
     continues the same search.
+
+    Attributes:
+        context: The running fit's :class:`~promptfit.training.context.FitContext` (its
+            validation data, counters...), set by ``fit`` around the run; ``None`` outside.
     """
+
+    context: FitContext | None = None
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
@@ -259,7 +266,7 @@ class PopulationOptimizer(Optimizer):
             self.examples_measured += examples
 
     def _validation_size(self) -> int:
-        state = getattr(self.program, "fit_state", None)
+        state = self.context
         return len(state.val_xs) if state is not None else 0
 
     def _remaining(self, final: bool = False) -> float:
@@ -366,7 +373,7 @@ class PopulationOptimizer(Optimizer):
 
     async def on_epoch_end(self, epoch: int) -> None:
         """Validate this epoch's incumbents; end the epoch on the best validated candidate."""
-        state = getattr(self.program, "fit_state", None)
+        state = self.context
         if state is None or not state.val_xs:
             self.epoch_incumbents = {}
             return

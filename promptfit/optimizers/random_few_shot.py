@@ -10,7 +10,7 @@ from promptfit.optimizers.optimizer import PopulationOptimizer
 from promptfit.training.arguments import check_int, check_number
 
 if TYPE_CHECKING:
-    from promptfit.training.trainer import BatchOutcome
+    from promptfit.training.outcome import BatchOutcome
 
 __all__ = ["RandomFewShot"]
 

@@ -1,10 +1,13 @@
-"""The training loop: ``compile``, ``fit``, ``evaluate`` and ``predict`` for programs.
+"""The training API: ``compile``, ``fit``, ``evaluate`` and ``predict`` for programs.
 
 Examples of a batch run concurrently (bounded by each language model's ``max_concurrency``);
-batches run in order so callbacks see Keras' sequence of hooks. Everything a crash-safe resume
-needs (epoch, step, shuffling seed, accumulators, optimizer state, history, usage) lives in one
-:class:`~promptfit.training.state.FitState`, which
-:class:`~promptfit.callbacks.BackupAndRestore` saves and restores.
+batches run in order so callbacks see Keras' sequence of hooks. This module checks arguments,
+reads the data (:mod:`promptfit.training.data`) and builds each run's typed
+:class:`~promptfit.training.context.FitContext` (``Callback.context``); the loops themselves
+are :mod:`promptfit.training.loop`. The counters a crash-safe resume needs (epoch, step,
+shuffling seed, accumulators, usage at epoch start) are the context's
+:class:`~promptfit.training.state.FitProgress`, which
+:class:`~promptfit.callbacks.BackupAndRestore` saves and restores with the rest of the run.
 """
 
 from __future__ import annotations
@@ -12,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
-from promptfit.data.adapters import to_data_models, to_targets
 from promptfit.errors import ConfigurationError, DataError
-from promptfit.language_models.cache import call_origin
 from promptfit.language_models.scope import run_scope, usage_totals
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
@@ -32,33 +33,22 @@ from promptfit.training.arguments import (
     check_optional_batch_size,
     check_verbose,
 )
-from promptfit.training.state import FitState, data_fingerprint
+from promptfit.training.context import DeprecatedFitState, FitContext, FitParams, RunContext
+from promptfit.training.data import fit_data, read_x, read_y
+from promptfit.training.loop import USAGE_KEYS, evaluate_loop, fit_loop, split_batches
+from promptfit.training.outcome import BatchOutcome, RewardAccumulator
+from promptfit.training.state import FitProgress, data_fingerprint
 from promptfit.training.traces import ModuleTrace, collect_traces
 
 if TYPE_CHECKING:
     from promptfit.optimizers.optimizer import Optimizer
     from promptfit.programs.program import Program
 
+# BatchOutcome lives in training/outcome.py; it is re-exported here for code that imported it
+# from the trainer.
 __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
-
-USAGE_KEYS = ("lm_calls", "tokens", "cost", "failed_calls", "retries")
-
-
-@dataclass
-class BatchOutcome:
-    """Predictions, rewards and per-module traces of one batch."""
-
-    x: list[Any]
-    y: list[Any]
-    predictions: list[Any]
-    rewards: list[float]
-    traces: list[list[ModuleTrace]] = field(default_factory=list)
-
-    @property
-    def mean_reward(self) -> float:
-        return sum(self.rewards) / len(self.rewards) if self.rewards else 0.0
 
 
 async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> None:
@@ -72,10 +62,6 @@ async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> Non
     async with asyncio.TaskGroup() as group:
         for i in range(n):
             group.create_task(fn(i))
-
-
-def _batches(n: int, batch_size: int) -> list[range]:
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
 def _check_batch_size(batch_size: int | None) -> int:
@@ -92,7 +78,30 @@ class Trainer:
         self.metrics: list[Metric] = []
         self.stop_training = False
         self.history: Any = None
-        self.fit_state: FitState | None = None
+        # The latest fit's context, for the deprecated ``fit_state`` only: callbacks get the
+        # context through ``Callback.context``, the optimizer through ``Optimizer.context``.
+        self._last_fit_context: FitContext | None = None
+
+    @property
+    def fit_state(self) -> DeprecatedFitState | None:
+        """Deprecated: the latest fit's context and counters, read like the former FitState.
+
+        Callbacks read ``self.context`` instead (a
+        :class:`~promptfit.training.context.FitContext`, set during the run only).
+        """
+        warnings.warn(
+            "program.fit_state is deprecated; in a callback read self.context (a FitContext: "
+            "epoch, step, last_batch, data, history, optimizer, progress).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        context = self._last_fit_context
+        return None if context is None else DeprecatedFitState(context)
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """The keys of ``evaluate``'s logs, in order: what ``return_dict=False`` lists."""
+        return ["reward", *(m.name for m in self.metrics), *USAGE_KEYS]
 
     # -- compile -------------------------------------------------------------------------
     def compile(
@@ -169,48 +178,10 @@ class Trainer:
         """Usage of this program's LMs: by the current fit/evaluate inside one, else in total."""
         return usage_totals(self.all_language_models())
 
-    @staticmethod
-    def _usage_logs(before: Usage, after: Usage) -> dict[str, float]:
-        return {
-            "lm_calls": after.calls - before.calls,
-            "tokens": after.tokens - before.tokens,
-            "cost": round(after.cost - before.cost, 10),
-            "failed_calls": after.failed_calls - before.failed_calls,
-            "retries": after.retries - before.retries,
-        }
-
     def _require_compiled(self, what: str) -> Reward:
         if not self.compiled or self.reward is None:
             raise ConfigurationError(f"Call program.compile(reward=...) before {what}().")
         return self.reward
-
-    def _read_x(self, x: Any) -> list[Any]:
-        program = self._program
-        if x is None:
-            raise DataError("`x` is required.")
-        model = getattr(program, "input_data_model", None)
-        if model is None:
-            rows = list(x)
-            if not all(hasattr(r, "model_dump") for r in rows):
-                raise DataError(
-                    f"{program.name} does not declare `input_data_model`; pass DataModel "
-                    "instances, or give the Program `input_data_model=`."
-                )
-            return rows
-        return to_data_models(x, model, "x")
-
-    def _read_y(self, y: Any, n: int) -> list[Any]:
-        program = self._program
-        model = getattr(program, "output_data_model", None)
-        if y is None:
-            raise DataError("`y` is required to compute rewards.")
-        if model is not None:
-            rows: list[Any] = to_targets(y, model, "y")
-        else:
-            rows = [r.model_dump(mode="json") if hasattr(r, "model_dump") else r for r in y]
-        if len(rows) != n:
-            raise DataError(f"`x` has {n} examples but `y` has {len(rows)}.")
-        return rows
 
     # -- core batch runner ---------------------------------------------------------------
     async def predict_on_batch(self, x: Sequence[Any], trace: bool = False) -> BatchOutcome:
@@ -269,8 +240,8 @@ class Trainer:
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
-        rows = self._read_x(x)
-        batches = _batches(len(rows), batch_size)
+        rows = read_x(self._program, x)
+        batches = split_batches(len(rows), batch_size)
         cbs = self._callbacks(
             _with_progbar(callbacks, verbose, "predict"),
             {"steps": len(batches), "batch_size": batch_size, "verbose": verbose},
@@ -286,7 +257,33 @@ class Trainer:
         return outputs
 
     # -- evaluate ------------------------------------------------------------------------
-    @run_scope
+    @overload
+    async def evaluate(
+        self,
+        x: Any = ...,
+        y: Any = ...,
+        batch_size: int | None = ...,
+        verbose: Verbose = ...,
+        callbacks: Sequence[Callback] | CallbackList | None = ...,
+        return_dict: Literal[True] = ...,
+        *,
+        fail_fast: bool = ...,
+    ) -> dict[str, float]: ...
+
+    @overload
+    async def evaluate(
+        self,
+        x: Any = ...,
+        y: Any = ...,
+        batch_size: int | None = ...,
+        verbose: Verbose = ...,
+        callbacks: Sequence[Callback] | CallbackList | None = ...,
+        return_dict: Literal[False] = ...,
+        *,
+        fail_fast: bool = ...,
+    ) -> list[float]: ...
+
+    @run_scope  # type: ignore[misc]
     async def evaluate(
         self,
         x: Any = None,
@@ -297,10 +294,12 @@ class Trainer:
         return_dict: bool = True,
         *,
         fail_fast: bool = True,
-    ) -> dict[str, float]:
+    ) -> dict[str, float] | list[float]:
         """Score the program on ``(x, y)``.
 
         Args:
+            return_dict: ``True`` returns the logs as a dict; ``False`` (Keras' default) a
+                list of the same values in :attr:`metrics_names` order.
             fail_fast: When the first LM calls all fail with the same error (or every call
                 fails), raise :class:`~promptfit.errors.LMCallsFailingError` quoting the
                 server; ``False`` warns once and runs on.
@@ -308,52 +307,31 @@ class Trainer:
         Returns:
             ``{"reward": mean reward, <metric name>: value, "lm_calls", "tokens", "cost",
             "failed_calls", "retries"}``; usage counts only this evaluation's LM requests.
+            With ``return_dict=False``: ``[logs[name] for name in program.metrics_names]``.
+
+        Raises:
+            ConfigurationError: ``return_dict`` is not a bool.
         """
-        reward = self._require_compiled("evaluate")
-        del reward
+        self._require_compiled("evaluate")
+        if not isinstance(return_dict, bool):
+            raise ConfigurationError(
+                f"`return_dict` must be True (a dict of logs) or False (a list in "
+                f"program.metrics_names order), got {return_dict!r:.60}."
+            )
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
-        xs = self._read_x(x)
-        ys = self._read_y(y, len(xs))
+        xs = read_x(self._program, x)
+        ys = read_y(self._program, y, len(xs))
         if not xs:
             raise DataError("`x` is empty; evaluate() needs at least one example.")
-        batches = _batches(len(xs), batch_size)
-        cbs = self._callbacks(
-            _with_progbar(callbacks, verbose, "evaluate"),
-            {"steps": len(batches), "batch_size": batch_size, "verbose": verbose},
-        )
-        return await self._evaluate_loop(xs, ys, batches, cbs)
-
-    async def _evaluate_loop(
-        self, xs: list[Any], ys: list[Any], batches: list[range], cbs: CallbackList
-    ) -> dict[str, float]:
-        before = self.usage_totals()
-        for metric in self.metrics:
-            metric.reset_state()
-        total, count = 0.0, 0
-        await cbs.call("on_test_begin", {})
-        logs: dict[str, float] = {}
-        for step, indices in enumerate(batches):
-            await cbs.call("on_test_batch_begin", step, {})
-            outcome = await self.run_batch([xs[i] for i in indices], [ys[i] for i in indices])
-            for yt, yp, r in zip(outcome.y, outcome.predictions, outcome.rewards, strict=True):
-                for metric in self.metrics:
-                    metric.update_state(yt, yp, r)
-            total += sum(outcome.rewards)
-            count += len(outcome.rewards)
-            logs = self._logs(total, count, before)
-            await cbs.call("on_test_batch_end", step, logs)
-        logs = self._logs(total, count, before)
-        await cbs.call("on_test_end", logs)
-        return logs
-
-    def _logs(self, total: float, count: int, before: Usage) -> dict[str, float]:
-        logs: dict[str, float] = {"reward": total / count if count else 0.0}
-        for metric in self.metrics:
-            logs[metric.name] = float(metric.result())
-        logs.update(self._usage_logs(before, self.usage_totals()))
-        return logs
+        batches = split_batches(len(xs), batch_size)
+        params = {"steps": len(batches), "batch_size": batch_size, "verbose": verbose}
+        cbs = self._callbacks(_with_progbar(callbacks, verbose, "evaluate"), params)
+        context = RunContext(program=self._program, callbacks=cbs, params=params, xs=xs, ys=ys)
+        with cbs.running(context):
+            logs = await evaluate_loop(self._program, xs, ys, batches, cbs, context)
+        return logs if return_dict else [logs[name] for name in self.metrics_names]
 
     # -- fit -----------------------------------------------------------------------------
     @run_scope
@@ -422,45 +400,20 @@ class Trainer:
         val_batch_size = check_optional_batch_size(
             "validation_batch_size", validation_batch_size, batch_size
         )
-        xs = self._read_x(x)
-        ys = self._read_y(y, len(xs))
-        if not xs:
-            raise DataError("`x` is empty; fit() needs at least one example.")
-        val_xs: list[Any] = []
-        val_ys: list[Any] = []
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise DataError("`validation_data` must be a tuple (x_val, y_val).")
-            val_xs = self._read_x(validation_data[0])
-            val_ys = self._read_y(validation_data[1], len(val_xs))
-            if not val_xs:
-                raise DataError("`validation_data` is empty; pass examples or leave it out.")
-        elif validation_split > 0:
-            n_val = int(len(xs) * validation_split)
-            if n_val == 0 or n_val == len(xs):
-                raise DataError(
-                    f"validation_split={validation_split} of {len(xs)} examples leaves an empty "
-                    "training or validation set."
-                )
-            xs, val_xs = xs[:-n_val], xs[-n_val:]
-            ys, val_ys = ys[:-n_val], ys[-n_val:]
+        xs, ys, val_xs, val_ys = fit_data(self._program, x, y, validation_split, validation_data)
 
         batches_per_epoch = math.ceil(len(xs) / batch_size)
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
-        state = FitState(
+        state = FitProgress(
             seed=seed,
             epochs=epochs,
             epoch=initial_epoch,
             step=0,
             steps_per_epoch=batches_per_epoch,
             fingerprint=data_fingerprint(self._program, xs, ys, val_xs, val_ys, epochs, batch_size),
-            xs=xs,
-            ys=ys,
-            val_xs=val_xs,
-            val_ys=val_ys,
+            rewards=RewardAccumulator(self.metrics),
         )
-        self.fit_state = state
         history = History()
         user_callbacks = list(callbacks or [])
         extra: list[Callback] = []
@@ -485,88 +438,43 @@ class Trainer:
         ]
         cbs = CallbackList(ordered, program=self._program)
         history = next(c for c in cbs if isinstance(c, History))
-        params = {
-            "epochs": epochs,
-            "steps": batches_per_epoch,
-            "batch_size": batch_size,
-            "verbose": verbose,
-            "samples": len(xs),
-            "validation": bool(val_xs),
-            "seed": seed,
-            "do_validation": bool(val_xs),
-        }
+        params = FitParams(
+            epochs=epochs,
+            steps=batches_per_epoch,
+            batch_size=batch_size,
+            verbose=verbose,
+            samples=len(xs),
+            seed=seed,
+            do_validation=bool(val_xs),
+        )
         cbs.set_params(params)
-        state.callbacks = cbs
-        state.history = history
         self.history = history
         self.stop_training = False
         optimizer = self.optimizer
         optimizer.build(self._program, seed)
-        state.optimizer = optimizer
-        val_batches = _batches(len(val_xs), val_batch_size)
+        context = FitContext(
+            program=self._program,
+            callbacks=cbs,
+            params=params,
+            progress=state,
+            epoch=initial_epoch,
+            xs=xs,
+            ys=ys,
+            val_xs=val_xs,
+            val_ys=val_ys,
+            history=history,
+            optimizer=optimizer,
+        )
+        self._last_fit_context = context
+        val_batches = split_batches(len(val_xs), val_batch_size)
 
-        epoch_logs: dict[str, Any] = {}
-        origin_token = call_origin.set(None)
+        optimizer.context = context
         try:
-            await cbs.on_train_begin({})
-            epoch = state.epoch
-            while epoch < epochs and not self.stop_training:
-                state.epoch = epoch
-                order = list(range(len(xs)))
-                if shuffle:
-                    # state.seed, not the local seed: a restored backup brings its own seed.
-                    random.Random(f"{state.seed}:{epoch}").shuffle(order)
-                batches = _batches(len(order), batch_size)
-                resuming_mid_epoch = state.step > 0
-                if not resuming_mid_epoch:
-                    state.begin_epoch(self.metrics, self.usage_totals())
-                    await cbs.on_epoch_begin(epoch, {})
-                for step in range(state.step, len(batches)):
-                    indices = [order[i] for i in batches[step]]
-                    call_origin.set(state.origin(epoch, step))
-                    await cbs.call("on_train_batch_begin", step, {})
-                    outcome = await self.run_batch(
-                        [xs[i] for i in indices], [ys[i] for i in indices], trace=True
-                    )
-                    state.record_batch(outcome, self.metrics)
-                    await optimizer.on_batch_end(outcome)
-                    state.step = step + 1
-                    batch_logs = self._train_logs(state)
-                    await cbs.call("on_train_batch_end", step, batch_logs)
-                    if self.stop_training:
-                        break
-                call_origin.set(state.origin(epoch, "end"))
-                await optimizer.on_epoch_end(epoch)
-                epoch_logs = self._train_logs(state)
-                if val_xs:
-                    call_origin.set(state.origin(epoch, "val"))
-                    # The fit's callbacks see validation as Keras shows it: on_test_* hooks.
-                    val_logs = await self._evaluate_loop(val_xs, val_ys, val_batches, cbs)
-                    await optimizer.on_validation_end(val_logs)  # selection on validation
-                    epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-                    for key in USAGE_KEYS:
-                        epoch_logs[key] += val_logs[key]
-                state.step = 0
-                state.epoch = epoch + 1
-                await cbs.on_epoch_end(epoch, epoch_logs)
-                epoch += 1
-        except BaseException as error:
-            try:
-                await cbs.on_train_error(error)
-            finally:
-                call_origin.reset(origin_token)
-                await cbs.on_train_end(epoch_logs)
-            raise
-        call_origin.reset(origin_token)
-        await cbs.on_train_end(epoch_logs)
+            with cbs.running(context):
+                await fit_loop(context, shuffle, batch_size, val_batches)
+        finally:
+            optimizer.context = None
         return history
-
-    def _train_logs(self, state: FitState) -> dict[str, float]:
-        logs: dict[str, float] = {"reward": state.mean_reward}
-        for metric in self.metrics:
-            logs[metric.name] = float(metric.result())
-        logs.update(self._usage_logs(state.epoch_usage_start, self.usage_totals()))
-        return logs
 
 
 def _with_progbar(
