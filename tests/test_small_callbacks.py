@@ -136,7 +136,12 @@ def test_budget_stopping_counts_from_train_begin_only(calc_program):
 
 
 def test_budget_state_survives_a_process_restart(calc_program):
-    """A fresh process has fresh LM counters: the restored amount is carried forward."""
+    """A fresh process has fresh LM counters: the restored amount is carried forward.
+
+    The restored callback then drives a real fit, whose limit is only 1 call above what the
+    first fit spent: the budget must hold across the restart, stopping the resumed fit after
+    its first batch instead of granting a fresh allowance.
+    """
     first = BudgetStopping(max_calls=1000)
 
     async def main() -> Any:
@@ -144,14 +149,24 @@ def test_budget_state_survives_a_process_restart(calc_program):
         await _fit(program, epochs=1, callbacks=[first])
         saved = json.loads(json.dumps(first.state_dict()))
         fresh_program = await calc_program()  # new LM: usage counters at zero
-        second = BudgetStopping(max_calls=1000)
-        second.set_program(fresh_program)
-        second.load_state_dict(saved)
-        return saved, second
+        second = BudgetStopping(max_calls=saved["consumed"]["calls"] + 1)
+        second.load_state_dict(saved)  # before the fit attaches the program, as on a resume
+        restored = dict(second.consumed)
+        log = BatchLog(probe=lambda: dict(second.consumed))
+        history = await _fit(fresh_program, epochs=3, callbacks=[second, log])
+        spent = fresh_program.usage_totals().calls
+        return saved, restored, second, log, history, spent
 
-    saved, second = asyncio.run(main())
+    saved, restored, second, log, history, spent = asyncio.run(main())
     assert saved["consumed"]["calls"] > 0
-    assert second.consumed == saved["consumed"]
+    assert restored == saved["consumed"]
+    # Counting went on from the restored amount: at the first batch's start, nothing new.
+    assert log.begins[0] == saved["consumed"]
+    # One batch (2 examples) crossed the 1-call allowance; validation still ran, no more.
+    assert [(e, b) for e, b, *_ in log.batches] == [(0, 0)]
+    assert second.stopped_reason == "max_calls" and second.stopped_epoch == 0
+    assert history.epoch == [0]
+    assert second.consumed["calls"] == saved["consumed"]["calls"] + spent
 
 
 def test_budget_resume_from_backup_keeps_counting_and_stops(calc_program, tmp_path):
