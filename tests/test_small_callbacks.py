@@ -98,6 +98,36 @@ def test_budget_stopping_stops_at_the_batch_that_reaches_max_calls(calc_program,
     assert budget.consumed["calls"] >= calls[-1]
 
 
+class CallsPerBatch(pf.callbacks.Callback):
+    """The budget's consumed calls at the end of every training batch (no fit internals)."""
+
+    def __init__(self, budget: BudgetStopping) -> None:
+        super().__init__()
+        self.budget = budget
+        self.calls: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(self.budget.consumed["calls"])
+
+
+def test_budget_stopping_stops_when_a_batch_lands_exactly_on_the_limit(calc_program):
+    """``max_calls=N`` is reached at N calls, not N + 1 (the limit is inclusive)."""
+
+    async def run(limit: int) -> tuple[BudgetStopping, CallsPerBatch]:
+        budget = BudgetStopping(max_calls=limit)
+        seen = CallsPerBatch(budget)
+        # A new model tag per program: the second run pays the same calls, none cached.
+        await _fit(await calc_program(), epochs=1, callbacks=[budget, seen])
+        return budget, seen
+
+    _, free = asyncio.run(run(10_000))
+    exact = free.calls[0]  # what the first batch costs (deterministic for this seed)
+    assert exact > 0 and len(free.calls) == 4
+    budget, seen = asyncio.run(run(exact))
+    assert seen.calls == [exact]  # stopped after the batch that reached the limit exactly
+    assert budget.stopped_reason == "max_calls"
+
+
 def test_budget_stopping_counts_cost_and_tokens(calc_program):
     cost_budget = BudgetStopping(max_cost=0.5)
     token_budget = BudgetStopping(max_tokens=10_000_000)
