@@ -12,3 +12,6 @@ python scripts/install.py --extras dev,docs,local
 # Headless Chromium for the MLflow UI test (Debian's package; skipped only where it is absent).
 bash scripts/_install_chromium.sh
 python -m pytest -q "$@"
+# Every hand-written mutant of the training loop and callbacks must be killed by its tests
+# (docs/concepts/testing.md); about 5 minutes on a 2-core machine.
+python scripts/mutants.py

@@ -123,7 +123,7 @@ class StopAfter(Callback):
             self.program.stop_training = True
 
 
-def _early_stopping() -> Callback | None:
+def _early_stopping() -> Callback:
     return fit_script.early_stopping()
 
 
@@ -325,7 +325,10 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(
     url = llm_server.base_url
     reference = asyncio.run(fit_script.run(url, tmp_path / "reference", save_freq=1))
     n_epochs = len(reference["epochs"])
+    # EarlyStopping (patience 2) ends the 6-epoch run early: the resumes below must keep its
+    # patience counter to stop at the same epoch.
     assert n_epochs >= 4
+    assert reference["stopped_epoch"] == n_epochs - 1 < 5
     steps = 2  # 4 training examples, batch_size 2
 
     # Two lineages run side by side. "by_epoch" (a backup per epoch) is killed as soon as its
@@ -358,6 +361,7 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(
         assert result["variables"] == reference["variables"]
         assert result["optimizer"] == reference["optimizer"]  # RNG, population, pool
         assert result["epochs"] == reference["epochs"]  # same early-stopping epoch
+        assert result["stopped_epoch"] == reference["stopped_epoch"]
         assert _columns(result["history"]) == _columns(reference["history"])
         # Usage too: nothing paid before the crash is paid (or counted) twice, nothing lost.
         every = {key: result["history"][key] for key in EVERY_COLUMN}
@@ -495,8 +499,6 @@ def test_integer_save_freq_resumes_mid_epoch(
 
 
 def test_early_stopping_keeps_its_progress(build: Callable[..., Any], tmp_path: Path) -> None:
-    if _early_stopping() is None:
-        pytest.skip("EarlyStopping is not available")
     backup_dir = tmp_path / "backup"
 
     async def run(crash: CrashAt) -> Any:

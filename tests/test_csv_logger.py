@@ -190,3 +190,42 @@ def test_resumed_fit_writes_each_epoch_once(
     assert list(frame["epoch"]) == [0, 1, 2]
     assert list(frame["reward"]) == pytest.approx(history.history["reward"])
     assert list(frame["val_reward"]) == pytest.approx(history.history["val_reward"])
+
+
+def test_append_true_with_a_resume_keeps_earlier_runs_rows(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """append=True across runs, one of which crashes and resumes from a backup.
+
+    The backup counts the rows of the earlier run too, so the resume cuts the file back to
+    exactly the rows known at backup time: the earlier run's rows stay, the crashed run's
+    orphaned row goes, and each of its epochs appears once.
+    """
+    path = tmp_path / "log.csv"
+    backup_dir = tmp_path / "backup"
+    crash = CrashAfterRow(epoch=1)
+    x, y = arithmetic_data(6)
+
+    async def run(callbacks: list[Any]) -> Any:
+        program = await calc_program("arith", tag="csv-append-resume")
+        return await program.fit(
+            x, y, epochs=3, batch_size=3, validation_split=0.34, seed=1, verbose=0,
+            callbacks=[CSVLogger(path, append=True), *callbacks],
+        )  # fmt: skip
+
+    earlier = asyncio.run(run([]))
+    assert [line.split(",")[0] for line in _lines(path)[1:]] == ["0", "1", "2"]
+    earlier_rows = _lines(path)[1:]
+    with pytest.raises(Boom):
+        asyncio.run(run([BackupAndRestore(backup_dir), crash]))
+    # The earlier run's 3 rows, then epochs 0 and 1 of the crashed run (1 after its backup).
+    assert [line.split(",")[0] for line in _lines(path)[1:]] == ["0", "1", "2", "0", "1"]
+    crash.armed = False
+    resumed = asyncio.run(run([BackupAndRestore(backup_dir), crash]))
+    lines = _lines(path)
+    assert lines[0].startswith("epoch,")
+    assert lines[1:4] == earlier_rows
+    assert [line.split(",")[0] for line in lines[4:]] == ["0", "1", "2"]
+    frame = pd.read_csv(path)
+    assert list(frame["val_reward"][3:]) == pytest.approx(resumed.history["val_reward"])
+    assert list(frame["val_reward"][:3]) == pytest.approx(earlier.history["val_reward"])

@@ -276,6 +276,32 @@ def test_propose_is_deterministic_and_uses_text_option(server: FakeLLMServer) ->
     assert default.instructions.startswith("Answer carefully and precisely. (variant ")
 
 
+def test_propose_tries_the_first_edit_the_optimizer_has_not_tried(
+    server: FakeLLMServer,
+) -> None:
+    """Shown current and scored instructions, the brain appends the first untried edit."""
+    from promptfit.testing.fake_server import PROPOSAL_EDITS
+
+    model = "propose?tag=p2&text=Be+exact."
+
+    def propose(current: str, scored: list[str]) -> str:
+        payload = {
+            "current_instructions": current,
+            "scored_instructions": [{"instructions": t, "score": 0.0} for t in scored],
+        }
+        reply = _complete(server, model, _user(payload), ProposeOut)
+        return ProposeOut.model_validate_json(reply).instructions
+
+    assert propose("Start.", []) == f"Be exact. {PROPOSAL_EDITS[0]}"
+    tried = [f"Be exact. {PROPOSAL_EDITS[0]}", f"x {PROPOSAL_EDITS[1]}"]
+    assert propose("Start.", tried) == f"Be exact. {PROPOSAL_EDITS[2]}"
+    assert propose(PROPOSAL_EDITS[2], tried) == f"Be exact. {PROPOSAL_EDITS[3]}"
+    # Every edit tried: back to a prompt-derived variant.
+    assert re.fullmatch(
+        r"Be exact\. \(variant \d+\)", propose("Start.", [" ".join(PROPOSAL_EDITS)])
+    )
+
+
 # --------------------------------------------------------------------------------------
 # without response_format
 # --------------------------------------------------------------------------------------

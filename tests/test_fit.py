@@ -1,4 +1,9 @@
-"""fit: optimizers really improve, runs are reproducible, arguments are checked."""
+"""fit: optimizers really improve, runs are reproducible, arguments are checked.
+
+Which examples train and validate (``validation_split``, ``validation_batch_size``,
+``initial_epoch``) is tested in ``test_fit_loop.py``; InstructionOptimizer in
+``test_instruction_optimizer.py``.
+"""
 
 from __future__ import annotations
 
@@ -38,29 +43,6 @@ def test_random_few_shot_improves_reward(calc_program: Callable[..., Any]) -> No
     assert list(frame.index) == [0, 1]
 
 
-def test_instruction_optimizer_finds_the_hint(
-    calc_program: Callable[..., Any], make_lm: Callable[..., pf.LanguageModel]
-) -> None:
-    proposer = make_lm("propose", text="Compute carefully.")
-
-    async def run() -> tuple[Any, pf.Program]:
-        program = await calc_program(
-            "arith",
-            hint="carefully",
-            optimizer=pf.optimizers.InstructionOptimizer(language_model=proposer),
-        )
-        x, y = arithmetic_data(10)
-        history = await program.fit(x, y, epochs=2, batch_size=5, verbose=0, seed=0)
-        return history, program
-
-    history, program = asyncio.run(run())
-    assert history.history["reward"][-1] == 1.0
-    assert "carefully" in program.get_variables()["answer/prompt"]["instructions"]
-    assert proposer.usage.calls >= 1
-    # The proposer's calls are part of the run's usage.
-    assert sum(history.history["lm_calls"]) >= proposer.usage.calls
-
-
 def test_same_seed_same_run(calc_program: Callable[..., Any]) -> None:
     async def run() -> tuple[dict[str, list[Any]], dict[str, Any]]:
         program = await calc_program("arith", min_examples=2)
@@ -72,18 +54,6 @@ def test_same_seed_same_run(calc_program: Callable[..., Any]) -> None:
     second_history, second_vars = asyncio.run(run())
     assert first_vars == second_vars
     assert first_history["reward"] == second_history["reward"]
-
-
-def test_validation_split_takes_the_tail(calc_program: Callable[..., Any]) -> None:
-    async def run() -> Any:
-        program = await calc_program("arith")
-        x, y = arithmetic_data(10)
-        return await program.fit(
-            x, y, epochs=1, batch_size=4, validation_split=0.2, verbose=0, seed=0
-        )
-
-    history = asyncio.run(run())
-    assert "val_reward" in history.history
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,36 @@ def test_budget_stopping_stops_at_the_batch_that_reaches_max_calls(calc_program,
     assert budget.consumed["calls"] >= calls[-1]
 
 
+class CallsPerBatch(pf.callbacks.Callback):
+    """The budget's consumed calls at the end of every training batch (no fit internals)."""
+
+    def __init__(self, budget: BudgetStopping) -> None:
+        super().__init__()
+        self.budget = budget
+        self.calls: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(self.budget.consumed["calls"])
+
+
+def test_budget_stopping_stops_when_a_batch_lands_exactly_on_the_limit(calc_program):
+    """``max_calls=N`` is reached at N calls, not N + 1 (the limit is inclusive)."""
+
+    async def run(limit: int) -> tuple[BudgetStopping, CallsPerBatch]:
+        budget = BudgetStopping(max_calls=limit)
+        seen = CallsPerBatch(budget)
+        # A new model tag per program: the second run pays the same calls, none cached.
+        await _fit(await calc_program(), epochs=1, callbacks=[budget, seen])
+        return budget, seen
+
+    _, free = asyncio.run(run(10_000))
+    exact = free.calls[0]  # what the first batch costs (deterministic for this seed)
+    assert exact > 0 and len(free.calls) == 4
+    budget, seen = asyncio.run(run(exact))
+    assert seen.calls == [exact]  # stopped after the batch that reached the limit exactly
+    assert budget.stopped_reason == "max_calls"
+
+
 def test_budget_stopping_counts_cost_and_tokens(calc_program):
     cost_budget = BudgetStopping(max_cost=0.5)
     token_budget = BudgetStopping(max_tokens=10_000_000)
@@ -139,7 +169,12 @@ def test_budget_stopping_counts_from_train_begin_only(calc_program):
 
 
 def test_budget_state_survives_a_process_restart(calc_program):
-    """A fresh process has fresh LM counters: the restored amount is carried forward."""
+    """A fresh process has fresh LM counters: the restored amount is carried forward.
+
+    The restored callback then drives a real fit, whose limit is only 1 call above what the
+    first fit spent: the budget must hold across the restart, stopping the resumed fit after
+    its first batch instead of granting a fresh allowance.
+    """
     first = BudgetStopping(max_calls=1000)
 
     async def main() -> Any:
@@ -147,14 +182,24 @@ def test_budget_state_survives_a_process_restart(calc_program):
         await _fit(program, epochs=1, callbacks=[first])
         saved = json.loads(json.dumps(first.state_dict()))
         fresh_program = await calc_program()  # new LM: usage counters at zero
-        second = BudgetStopping(max_calls=1000)
-        second.set_program(fresh_program)
-        second.load_state_dict(saved)
-        return saved, second
+        second = BudgetStopping(max_calls=saved["consumed"]["calls"] + 1)
+        second.load_state_dict(saved)  # before the fit attaches the program, as on a resume
+        restored = dict(second.consumed)
+        log = BatchLog(probe=lambda: dict(second.consumed))
+        history = await _fit(fresh_program, epochs=3, callbacks=[second, log])
+        spent = fresh_program.usage_totals().calls
+        return saved, restored, second, log, history, spent
 
-    saved, second = asyncio.run(main())
+    saved, restored, second, log, history, spent = asyncio.run(main())
     assert saved["consumed"]["calls"] > 0
-    assert second.consumed == saved["consumed"]
+    assert restored == saved["consumed"]
+    # Counting went on from the restored amount: at the first batch's start, nothing new.
+    assert log.begins[0] == saved["consumed"]
+    # One batch (2 examples) crossed the 1-call allowance; validation still ran, no more.
+    assert [(e, b) for e, b, *_ in log.batches] == [(0, 0)]
+    assert second.stopped_reason == "max_calls" and second.stopped_epoch == 0
+    assert history.epoch == [0]
+    assert second.consumed["calls"] == saved["consumed"]["calls"] + spent
 
 
 def test_budget_resume_from_backup_keeps_counting_and_stops(calc_program, tmp_path):

@@ -19,7 +19,9 @@ Brains (what the answer content is):
 * ``arith`` -- solves ``a op b`` (ints, ``+ - *``) found in the input; fills ``answer``.
 * ``sentiment`` -- keyword-based positive/negative label in ``label``/``sentiment``.
 * ``judge`` -- LM-as-judge: ``score`` 1.0 if ``prediction`` equals ``ground_truth``.
-* ``propose`` -- instruction proposals for optimizers: ``instructions`` field.
+* ``propose`` -- instruction proposals for optimizers: ``instructions`` field. Shown an
+  optimizer's current and scored instructions, it appends the first untried edit of
+  :data:`PROPOSAL_EDITS` to option ``text``, so an optimizer must search past rejected ones.
 
 Options (all optional):
 
@@ -776,8 +778,43 @@ def _brain_judge(req: _Request, fields: _Fields, obj: dict[str, Any]) -> None:
             fields.set_string(obj, name, verdict)
 
 
-def proposal_text(spec: ModelSpec, prompt: str) -> str:
-    """Build the ``propose`` output: option ``text`` plus a prompt-derived variant."""
+# The edits the ``propose`` brain tries, in this order, when it is shown an instruction
+# optimizer's feedback. Why a fixed list: an optimizer test must make the optimizer *search*
+# (a proposal that loses its race is rejected, the next one must differ) instead of handing
+# the proposer the winning text; a model gated on a word of a later edit (``hint=``) is then
+# only fixed when the optimizer feeds the scores of rejected proposals back to the proposer.
+PROPOSAL_EDITS: tuple[str, ...] = (
+    "Think it through.",
+    "Reply in plain words.",
+    "Double-check every sum.",
+    "Keep the reply short.",
+)
+
+
+def _tried_instructions(inp: Mapping[str, Any]) -> list[str]:
+    """The instructions an optimizer says it has (current and scored), or [] if none."""
+    current = inp.get("current_instructions")
+    tried = [current] if isinstance(current, str) else []
+    scored = inp.get("scored_instructions")
+    for item in scored if isinstance(scored, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("instructions"), str):
+            tried.append(item["instructions"])
+    return tried
+
+
+def proposal_text(spec: ModelSpec, prompt: str, inp: Mapping[str, Any] | None = None) -> str:
+    """Build the ``propose`` output.
+
+    Shown an optimizer's feedback (``current_instructions`` and ``scored_instructions`` in
+    the input JSON, as ``InstructionOptimizer`` sends), option ``text`` plus the first of
+    :data:`PROPOSAL_EDITS` that none of those instructions contains. Otherwise, or once every
+    edit was tried, option ``text`` plus a prompt-derived variant.
+    """
+    tried = _tried_instructions(inp or {})
+    if tried:
+        for edit in PROPOSAL_EDITS:
+            if not any(edit in text for text in tried):
+                return f"{spec.text} {edit}"
     variant = int(_sha256("propose", prompt, str(spec.seed))[:8], 16) % 100
     return f"{spec.text} (variant {variant})"
 
@@ -785,7 +822,7 @@ def proposal_text(spec: ModelSpec, prompt: str) -> str:
 def _brain_propose(req: _Request, fields: _Fields, obj: dict[str, Any]) -> None:
     target = fields.named(("instructions", "instruction"), "string") or fields.first("string")
     if target is not None:
-        fields.set_string(obj, target, proposal_text(req.spec, req.prompt))
+        fields.set_string(obj, target, proposal_text(req.spec, req.prompt, req.inp))
 
 
 _BRAIN_FUNCS = {

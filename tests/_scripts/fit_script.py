@@ -21,7 +21,7 @@ prints ``{"pid": PID}``; when a child ends it prints ``{"exit": PID, "code": COD
 after SIGKILL). It exits when stdin closes.
 
 Each run trains the fake server's arithmetic program with ``BackupAndRestore(WORKDIR/backup)``,
-``CSVLogger(WORKDIR/log.csv)`` and, when that callback exists, ``EarlyStopping``; then writes
+``CSVLogger(WORKDIR/log.csv)`` and ``EarlyStopping``; then writes
 ``WORKDIR/result.json`` with the final variables, the optimizer state and the history.
 The LM cache is promptfit's default on-disk cache, in ``WORKDIR/cache`` (``PROMPTFIT_CACHE_DIR``),
 shared by the killed process and its resume, as a user's per-user cache would be.
@@ -46,6 +46,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import promptfit as pf
 from promptfit.callbacks.backup_and_restore import BackupAndRestore
 from promptfit.callbacks.csv_logger import CSVLogger
+from promptfit.callbacks.early_stopping import EarlyStopping
 from promptfit.saving.atomic import atomic_write_json
 from promptfit.testing import FakeLLMServer
 
@@ -64,21 +65,12 @@ def data(n: int, offset: int = 0) -> tuple[list[dict[str, str]], list[dict[str, 
     return xs, ys
 
 
-def early_stopping() -> Any:
-    """EarlyStopping(monitor="reward", patience=2) if the callback exists, else ``None``."""
-    try:
-        from promptfit.callbacks.early_stopping import EarlyStopping
-    except ImportError:
-        return None
-    for kwargs in (
-        {"monitor": "reward", "patience": 2, "mode": "max"},
-        {"monitor": "reward", "patience": 2},
-    ):
-        try:
-            return EarlyStopping(**kwargs)
-        except TypeError:
-            continue
-    return None
+def early_stopping() -> EarlyStopping:
+    """EarlyStopping(monitor="reward", patience=2): the runs must stop early, so a resume is
+    also checked to keep its patience counter. Imported and built without any fallback: a
+    missing callback or a changed signature fails the tests instead of silently running them
+    without early stopping."""
+    return EarlyStopping(monitor="reward", patience=2, mode="max")
 
 
 def _optimizer(name: str, base_url: str, latency_ms: float) -> pf.optimizers.Optimizer:
@@ -136,10 +128,8 @@ async def run(
     program = await build(base_url, latency_ms, optimizer)
     # Small on purpose (every LM call costs test time): 2 batches per epoch, 2 validation rows.
     xs, ys = data(4)
-    callbacks: list[Any] = [CSVLogger(workdir / "log.csv")]
     stopper = early_stopping()
-    if stopper is not None:
-        callbacks.append(stopper)
+    callbacks: list[Any] = [CSVLogger(workdir / "log.csv"), stopper]
     if use_backup:
         # Listed first on purpose: fit must still run it after the others.
         callbacks.insert(
@@ -165,7 +155,7 @@ async def run(
         "optimizer": optimizer.state_dict(),
         "history": history.history,
         "epochs": history.epoch,
-        "early_stopping": stopper is not None,
+        "stopped_epoch": stopper.stopped_epoch,
     }
     atomic_write_json(workdir / "result.json", result)
     return result
