@@ -1104,7 +1104,7 @@ def _as_path(found: Any) -> Path | None:
 
 def _promptfit_version() -> str:
     try:
-        from promptfit import __version__
+        from promptfit._version import __version__
 
         return __version__
     except Exception:
