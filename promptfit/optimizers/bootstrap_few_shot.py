@@ -26,8 +26,8 @@ from promptfit.optimizers.optimizer import PopulationOptimizer
 from promptfit.variables.overrides import override_language_model
 
 if TYPE_CHECKING:
+    from promptfit.modules.traces import ModuleTrace
     from promptfit.programs.program import Program
-    from promptfit.training.traces import ModuleTrace
     from promptfit.training.trainer import BatchOutcome
 
 __all__ = ["BootstrapFewShot"]
