@@ -21,6 +21,7 @@ __all__ = [
     "DefaultCallbackFactory",
     "default_callbacks",
     "register_default_callback_factory",
+    "registered_default_callback_factories",
     "unregister_default_callback_factory",
 ]
 
@@ -58,6 +59,12 @@ def unregister_default_callback_factory(name: str) -> None:
     """Remove the factory registered under ``name`` (a no-op when there is none)."""
     with _lock:
         _factories.pop(name, None)
+
+
+def registered_default_callback_factories() -> tuple[str, ...]:
+    """The names of the registered factories, in the order their callbacks are added."""
+    with _lock:
+        return tuple(_factories)
 
 
 def default_callbacks(user_callbacks: Sequence[Callback]) -> list[Callback]:
