@@ -69,6 +69,11 @@ MONITOR_FACTORY = "promptfit.observability.monitor"
 
 _settings_lock = threading.RLock()
 
+# The old private names, for code written against them while issue 12's parts are merged
+# (the Monitor split moves code that used them); use the public ones in tracking.py.
+_acquire_http_defaults = acquire_http_defaults
+_release_http_defaults = release_http_defaults
+
 
 def enable_observability(
     tracking_uri: str | None = None, experiment_name: str | None = None
