@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from promptfit import (
     callbacks,
     checkpoints,
@@ -29,6 +27,7 @@ from promptfit import (
     rewards,
     saving,
 )
+from promptfit._version import __version__
 from promptfit.data import DataModel, Field
 from promptfit.language_models import LanguageModel
 from promptfit.modules import (

@@ -8,6 +8,9 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from promptfit.callbacks.callback import HOOKS, Callback
+from promptfit.callbacks.defaults import default_callbacks
+from promptfit.callbacks.history import History
+from promptfit.callbacks.progbar_logger import ProgbarLogger
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
@@ -21,22 +24,59 @@ class CallbackList:
 
     Only callbacks that override a hook are called for it, so the per-batch cost of a long
     callback list is a loop over the few that care.
+
+    As in Keras, the list also builds the callbacks every run gets, so the training loop does
+    not import them: a :class:`~promptfit.callbacks.History` first (``add_history``; the
+    user's own History is used instead when given), the user's callbacks, a
+    :class:`~promptfit.callbacks.ProgbarLogger` (``add_progbar``), the callbacks registered in
+    :mod:`promptfit.callbacks.defaults` (``add_defaults``; e.g. the Monitor of
+    ``enable_observability``), and callbacks that snapshot the run
+    (``snapshots_fit_state = True``, i.e. BackupAndRestore) last of all: their epoch/batch-end
+    snapshot then includes every other callback's update for that step, and their
+    ``on_train_begin`` restore overrides any reset done by the others' hooks.
+
+    Args:
+        callbacks: The user's callbacks, in order.
+        add_history: Add a History unless ``callbacks`` holds one (``fit``).
+        add_progbar: Add a ProgbarLogger (``fit``/``evaluate``/``predict`` with ``verbose``).
+        verbose: The ProgbarLogger's ``verbose``.
+        progbar_mode: The ProgbarLogger's ``mode`` (``"fit"``, ``"evaluate"``, ``"predict"``).
+        add_defaults: Add the callbacks of the registered default-callback factories.
+        program: Passed to every callback's ``set_program``.
+        params: Passed to every callback's ``set_params``.
     """
 
     def __init__(
         self,
         callbacks: Iterable[Callback] | None = None,
         *,
+        add_history: bool = False,
+        add_progbar: bool = False,
+        verbose: int | str = "auto",
+        progbar_mode: str = "fit",
+        add_defaults: bool = False,
         program: Program | None = None,
         params: dict[str, Any] | None = None,
     ) -> None:
-        self.callbacks: list[Callback] = []
+        user: list[Callback] = []
         for callback in callbacks or []:
             if not isinstance(callback, Callback):
                 raise TypeError(
                     f"Callbacks must be pf.callbacks.Callback instances, got {type(callback)!r}."
                 )
-            self.callbacks.append(callback)
+            user.append(callback)
+        ordered = list(user)
+        if add_history and not any(isinstance(c, History) for c in user):
+            ordered.insert(0, History())
+        if add_progbar:
+            ordered.append(ProgbarLogger(verbose=verbose, mode=progbar_mode))
+        if add_defaults:
+            ordered.extend(default_callbacks(user))
+        if add_history or add_defaults:
+            ordered = [c for c in ordered if not getattr(c, "snapshots_fit_state", False)] + [
+                c for c in ordered if getattr(c, "snapshots_fit_state", False)
+            ]
+        self.callbacks: list[Callback] = ordered
         self._handlers: dict[str, list[Any]] = {}
         self._rebuild()
         if program is not None:
@@ -91,6 +131,11 @@ class CallbackList:
         finally:
             for callback, before in zip(self.callbacks, previous, strict=True):
                 callback.set_context(before)
+
+    @property
+    def history(self) -> History | None:
+        """The run's History (the first one in the list), or ``None``."""
+        return next((c for c in self.callbacks if isinstance(c, History)), None)
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)

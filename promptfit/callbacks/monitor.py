@@ -6,7 +6,7 @@ into MLflow. A call that fails leaves its data in the outbox, the failure is rep
 warning per outage, shared with the tracing backend), and the outbox is retried at every epoch
 end and at train end (bounded by ``flush_timeout``), so metrics logged while the server was
 down still land if it comes back before the run ends. MLflow's HTTP retries are lowered while
-a Monitor is active (see :func:`promptfit.observability.enable.http_defaults`) so a dead server
+a Monitor is active (see :func:`promptfit.observability.tracking.http_defaults`) so a dead server
 is detected in seconds, not minutes. Nothing the Monitor does can raise into ``fit``.
 """
 
@@ -282,8 +282,8 @@ class Monitor(Callback):
 
     # -- hooks (event loop: record and wake the worker, never call MLflow) -----------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        from promptfit.observability.enable import resolve_tracking_uri
         from promptfit.observability.store_check import check_store
+        from promptfit.observability.tracking import resolve_tracking_uri
 
         try:
             if not check_store(resolve_tracking_uri(self.tracking_uri)):
@@ -409,9 +409,9 @@ class _Session:
     """
 
     def __init__(self, monitor: Monitor) -> None:
-        from promptfit.observability.enable import (
+        from promptfit.observability.tracking import (
             DEFAULT_EXPERIMENT_NAME,
-            _acquire_http_defaults,
+            acquire_http_defaults,
             observability_settings,
             resolve_tracking_uri,
         )
@@ -476,7 +476,7 @@ class _Session:
         if monitor.log_datasets:
             self.dataset_jobs = self._datasets(program)
         self.active = True
-        _acquire_http_defaults()
+        acquire_http_defaults()
         self.thread = threading.Thread(
             target=self._work, name="promptfit-mlflow-monitor", daemon=True
         )
@@ -749,7 +749,7 @@ class _Session:
 
     # -- worker thread (the only place that calls MLflow) ----------------------------------
     def _work(self) -> None:
-        from promptfit.observability.enable import _release_http_defaults
+        from promptfit.observability.tracking import release_http_defaults
 
         try:
             try:  # import MLflow and open the store now, overlapping the first epoch
@@ -776,7 +776,7 @@ class _Session:
                     break
         finally:
             self.first_attempt.set()
-            _release_http_defaults()
+            release_http_defaults()
             if self.tmpdir is not None:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
 
@@ -842,7 +842,7 @@ class _Session:
     def _start_run(self, client: Any) -> None:
         from mlflow.exceptions import MlflowException
 
-        from promptfit.observability.enable import get_or_create_experiment
+        from promptfit.observability.tracking import get_or_create_experiment
 
         experiment_id = get_or_create_experiment(client, self.experiment, self.uri)
         run = None
@@ -1109,7 +1109,7 @@ def _as_path(found: Any) -> Path | None:
 
 def _promptfit_version() -> str:
     try:
-        from promptfit import __version__
+        from promptfit._version import __version__
 
         return __version__
     except Exception:

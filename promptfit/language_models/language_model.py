@@ -8,72 +8,72 @@ replies by request, retries transient failures with bounded exponential backoff 
 still fails becomes a recorded failure (``None``), never a crash, except for errors that no retry
 can fix (bad key, unknown model), which stop the run at once with
 :class:`~promptfit.errors.LMConfigurationError`.
+
+The client is one class made of four parts, one module each: the settings checks
+(:mod:`.arguments`), the retry policy and error classes (:mod:`.retrying`), structured-output
+negotiation (:mod:`.negotiation`) and sending over either transport (:mod:`.sending`). This
+module keeps construction, configuration, the cache and the public ``generate``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import os
 import random
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import anyio
 import pydantic
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from promptfit.data.data_model import json_schema_of
 from promptfit.errors import ConfigurationError, LMConfigurationError
 from promptfit.language_models import http_transport as _http
-from promptfit.language_models._litellm import get_litellm, is_loaded
+from promptfit.language_models.arguments import (
+    TRANSPORTS,
+    Transport,
+    check_arguments,
+    check_route,
+    is_jsonable,
+    replica_bases,
+)
 from promptfit.language_models.cache import (
     ResponseCache,
     call_origin,
     default_cache_path,
     request_key,
 )
-from promptfit.language_models.request import parse_json_reply
+from promptfit.language_models.negotiation import _ENDPOINT_MODES, Negotiation
+from promptfit.language_models.retrying import (
+    InvalidOutputError,
+    Retrying,
+    StructuredOutputRefusedError,
+)
 from promptfit.language_models.scope import add_usage, record_generation
+from promptfit.language_models.sending import Replica, Sending
 from promptfit.language_models.structured import (
     MODES,
     OutputMode,
     StructuredOutput,
-    is_format_refusal,
-    lower_mode,
     mode_of,
-    next_mode,
     response_format_for,
-    server_message,
 )
 from promptfit.language_models.usage import Usage
-from promptfit.observability.spans import NOOP_SPAN, span, span_backend
+from promptfit.observability.spans import span, span_backend
 
-__all__ = ["Generation", "LanguageModel"]
+__all__ = [
+    "Generation",
+    "InvalidOutputError",
+    "LanguageModel",
+    "StructuredOutputRefusedError",
+    "Transport",
+]
 
 logger = logging.getLogger("promptfit")
-
-_STRUCTURED_OUTPUTS: tuple[str, ...] = get_args(StructuredOutput)
-
-# The mode each endpoint (model string, api_base) was last found to accept, so a second
-# client of the same server starts there instead of negotiating again.
-_ENDPOINT_MODES: dict[tuple[str, Any], OutputMode] = {}
-# Endpoints whose working mode was logged at INFO already (once per process).
-_LOGGED_MODES: set[tuple[str, Any, OutputMode]] = set()
-
-
-class InvalidOutputError(ValueError):
-    """The reply was not valid JSON for the requested data model (retryable)."""
-
-
-class StructuredOutputRefusedError(ValueError):
-    """The server refused the pinned structured-output mode (never retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,195 +85,22 @@ class Generation:
     cached: bool = False
 
 
-Transport = Literal["auto", "litellm", "http"]
-_TRANSPORTS: tuple[str, ...] = get_args(Transport)
+class _NoopSpan:
+    """What an LM call records into when no tracing backend is installed."""
 
-# The error classes of both transports, judged by the same rules. litellm's are added once it
-# is imported (before that, no exception can be one of them).
-_TRANSIENT: tuple[type[BaseException], ...] = (InvalidOutputError, *_http.TRANSIENT)
-_FATAL: tuple[type[BaseException], ...] = _http.FATAL
-_API_ERRORS: tuple[type[BaseException], ...] = (_http.TransportError,)
-_with_litellm = False
-
-
-def _error_classes() -> None:
-    global _TRANSIENT, _FATAL, _API_ERRORS, _with_litellm
-    if _with_litellm or not is_loaded():
-        return
-    litellm = get_litellm()
-    _TRANSIENT = (
-        *_TRANSIENT,
-        litellm.RateLimitError,
-        litellm.Timeout,
-        litellm.APIConnectionError,
-        litellm.InternalServerError,
-        litellm.ServiceUnavailableError,
-        litellm.BadGatewayError,
-    )
-    _FATAL = (
-        *_FATAL,
-        litellm.AuthenticationError,
-        litellm.NotFoundError,
-        litellm.PermissionDeniedError,
-    )
-    _API_ERRORS = (*_API_ERRORS, litellm.APIError)
-    _with_litellm = True
-
-
-def _is_transient(exc: BaseException) -> bool:
-    _error_classes()
-    if isinstance(exc, _TRANSIENT):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(exc, _API_ERRORS) and isinstance(status, int) and status >= 500
-
-
-def _retry_after(exc: BaseException | None) -> float | None:
-    """Seconds the provider asked us to wait, from the ``Retry-After`` header if any."""
-    if exc is None:
+    def set_outputs(self, outputs: Any) -> None:
         return None
-    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
-    response = getattr(exc, "response", None)
-    if not headers and response is not None:
-        headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
-        return max(0.0, float(value)) if value is not None else None
-    except (TypeError, ValueError, AttributeError):
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
         return None
 
 
 # With tracing off (the default) a call opens this shared, reusable context instead of a
 # span: no generator, no input or attribute dicts per call.
-_NO_SPAN = contextlib.nullcontext(NOOP_SPAN)
+_NO_SPAN = contextlib.nullcontext(_NoopSpan())
 
 
-def _new_semaphore(value: int) -> anyio.Semaphore:
-    # ``fast_acquire`` (anyio >= 4.5) skips the extra trip through the event loop that an
-    # uncontended acquire otherwise makes; the HTTP request right after yields anyway.
-    try:
-        return anyio.Semaphore(value, fast_acquire=True)
-    except TypeError:  # pragma: no cover - older anyio
-        return anyio.Semaphore(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_arguments(
-    *,
-    max_concurrency: Any,
-    temperature: Any,
-    max_tokens: Any,
-    timeout: Any,
-    max_retries: Any,
-    retry_min_wait: Any,
-    retry_max_wait: Any,
-    cache: Any,
-    structured_output: Any,
-    structured_output_mode: Any,
-) -> None:
-    """Typed errors, each naming the fix, for the client's own settings."""
-
-    def positive_int(name: str, value: Any, minimum: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            hint = f" (pass {name}={int(value)})" if _is_integer_text(value) else ""
-            raise ConfigurationError(
-                f"`{name}` must be an integer >= {minimum}, got {value!r}{hint}."
-            )
-
-    positive_int("max_concurrency", max_concurrency, 1)
-    positive_int("max_retries", max_retries, 0)
-    if max_tokens is not None:
-        positive_int("max_tokens", max_tokens, 1)
-    if not _is_number(temperature) or temperature < 0:
-        raise ConfigurationError(f"`temperature` must be a number >= 0, got {temperature!r}.")
-    if not _is_number(timeout) or timeout <= 0:
-        raise ConfigurationError(
-            f"`timeout` must be a number of seconds > 0, got {timeout!r} (e.g. timeout=60)."
-        )
-    for name, value in (("retry_min_wait", retry_min_wait), ("retry_max_wait", retry_max_wait)):
-        if not _is_number(value) or value < 0:
-            raise ConfigurationError(f"`{name}` must be a number of seconds >= 0, got {value!r}.")
-    if retry_min_wait > retry_max_wait:
-        raise ConfigurationError(
-            f"`retry_min_wait` ({retry_min_wait}) must not exceed `retry_max_wait` "
-            f"({retry_max_wait})."
-        )
-    if not isinstance(cache, bool | str | os.PathLike):
-        raise ConfigurationError(
-            f"`cache` must be True, False or a file path for a persistent cache, got {cache!r}."
-        )
-    if structured_output not in _STRUCTURED_OUTPUTS:
-        raise ConfigurationError(
-            f"`structured_output` must be one of {', '.join(map(repr, _STRUCTURED_OUTPUTS))}, "
-            f"got {structured_output!r}."
-        )
-    if structured_output_mode is not None and structured_output_mode not in MODES:
-        raise ConfigurationError(
-            f"`structured_output_mode` must be None or one of {', '.join(map(repr, MODES))}, "
-            f"got {structured_output_mode!r}."
-        )
-
-
-def _is_integer_text(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().isdigit()
-
-
-def _check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any]) -> None:
-    """Refuse at construction a model string that litellm cannot send anywhere.
-
-    Raises:
-        LMConfigurationError: litellm finds no provider for ``model`` (otherwise every call
-            of the run would fail the same way).
-    """
-    provider = litellm_kwargs.get("custom_llm_provider")
-    try:
-        get_litellm().get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
-    except Exception as exc:
-        raise LMConfigurationError(
-            f"litellm cannot route model={model!r} "
-            f"({server_message(exc).splitlines()[0].rstrip('. ')}). "
-            "Name the provider in the model string, e.g. 'openai/gpt-4o-mini' or "
-            "'ollama/llama3'; for your own OpenAI-compatible server use "
-            "model='openai/<served name>' with api_base='http://host:port/v1'; for the "
-            "embedded model use 'local/gemma-3-270m'."
-        ) from exc
-
-
-@dataclass(slots=True)
-class _Replica:
-    """One replica of a model: its URL, its lean-path client, and its requests in flight."""
-
-    base: str
-    http: _http.HTTPTransport | None
-    in_flight: int = 0
-
-
-def _replica_bases(api_base: Any) -> list[str]:
-    """``api_base`` as a list of URLs (empty for none).
-
-    Raises:
-        ConfigurationError: not a URL string, nor a non-empty list of distinct URL strings.
-    """
-    if api_base is None:
-        return []
-    if isinstance(api_base, str):
-        return [api_base]
-    if isinstance(api_base, list | tuple) and api_base:
-        bases = list(api_base)
-        if all(isinstance(b, str) and b for b in bases) and len(set(bases)) == len(bases):
-            return bases
-    raise ConfigurationError(
-        f"`api_base` must be a URL string or a non-empty list of distinct URL strings (one "
-        f"per replica), got {api_base!r}."
-    )
-
-
-class LanguageModel:
+class LanguageModel(Retrying, Negotiation, Sending):
     """A language model reached through litellm.
 
     Args:
@@ -354,8 +181,8 @@ class LanguageModel:
             raise ConfigurationError(
                 f"`model` must be a litellm model string like 'openai/gpt-4o', got {model!r}."
             )
-        bases = _replica_bases(api_base)
-        _check_arguments(
+        bases = replica_bases(api_base)
+        check_arguments(
             max_concurrency=max_concurrency,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -369,10 +196,9 @@ class LanguageModel:
         )
         if "api_key" in litellm_kwargs:
             raise ConfigurationError("Pass `api_key` as its own argument.")
-        if transport not in _TRANSPORTS:
+        if transport not in TRANSPORTS:
             raise ConfigurationError(
-                f"`transport` must be one of {', '.join(map(repr, _TRANSPORTS))}, "
-                f"got {transport!r}."
+                f"`transport` must be one of {', '.join(map(repr, TRANSPORTS))}, got {transport!r}."
             )
         lean_refusal = _http.lean_path_possible(model, api_base, litellm_kwargs)
         if transport == "http" and lean_refusal is not None:
@@ -396,17 +222,17 @@ class LanguageModel:
 
             register_local_provider(model)
         else:
-            _check_route(model, bases[0] if bases else None, litellm_kwargs)
+            check_route(model, bases[0] if bases else None, litellm_kwargs)
         self.model = model
         self.api_base = list(api_base) if isinstance(api_base, list | tuple) else api_base
         # Where requests go, as a hashable key (the negotiated-mode memory is per endpoint).
         self._base_key: str | tuple[str, ...] | None = (
             tuple(bases) if len(bases) > 1 else (bases[0] if bases else None)
         )
-        self._replicas: list[_Replica] | None = None
+        self._replicas: list[Replica] | None = None
         if len(bases) > 1:
             self._replicas = [
-                _Replica(
+                Replica(
                     base,
                     _http.HTTPTransport(base, api_key, float(timeout))
                     if self.transport == "http"
@@ -493,7 +319,7 @@ class LanguageModel:
             "structured_output_mode": self._mode if settled else None,
             "name": self.name,
             "transport": self.transport_setting,
-            **{k: v for k, v in self.litellm_kwargs.items() if _is_jsonable(v)},
+            **{k: v for k, v in self.litellm_kwargs.items() if is_jsonable(v)},
         }
 
     @classmethod
@@ -504,28 +330,6 @@ class LanguageModel:
         return f"LanguageModel(model={self.model!r}, api_base={self.api_base!r})"
 
     # -- calls ---------------------------------------------------------------------------
-    def _limiter(self) -> anyio.Semaphore:
-        try:
-            loop: Any = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = self
-        last = self._last_limiter
-        if last is not None and last[0]() is loop:
-            return last[1]
-        limiter = self._limiters.get(loop)
-        if limiter is None:
-            limiter = _new_semaphore(self.max_concurrency)
-            self._limiters[loop] = limiter
-        self._last_limiter = (weakref.ref(loop), limiter)
-        return limiter
-
-    def _probe_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._probe_locks.get(loop)
-        if lock is None:
-            lock = self._probe_locks[loop] = asyncio.Lock()
-        return lock
-
     def _request(
         self, messages: list[dict[str, str]], schema_name: str, schema: dict[str, Any]
     ) -> dict[str, Any]:
@@ -543,35 +347,6 @@ class LanguageModel:
         if self.litellm_kwargs:
             request.update(self.litellm_kwargs)
         return request
-
-    def _set_mode(
-        self, request: dict[str, Any], mode: OutputMode, output_model: type[pydantic.BaseModel]
-    ) -> None:
-        """Rebuild ``request``'s response_format for ``mode``."""
-        rf = response_format_for(mode, output_model.__name__, json_schema_of(output_model))
-        if rf is None:
-            request.pop("response_format", None)
-        else:
-            request["response_format"] = rf
-
-    def _backoff(self, attempt_number: int, exc: BaseException | None) -> float:
-        """Seconds to wait before retry ``attempt_number`` (1 = the first retry).
-
-        Exponential from ``retry_min_wait`` with up to 50 % jitter on top, so the wait is
-        never below ``retry_min_wait`` and scales with it; a provider's ``Retry-After`` wins
-        within ``[retry_min_wait, retry_max_wait]``.
-        """
-        base = min(self.retry_max_wait, self.retry_min_wait * 2.0 ** max(0, attempt_number - 1))
-        backoff = min(self.retry_max_wait, base * (1.0 + 0.5 * self._jitter.random()))
-        asked = _retry_after(exc)
-        if asked is None:
-            return backoff
-        return min(max(asked, self.retry_min_wait), self.retry_max_wait)
-
-    def _wait(self, state: RetryCallState) -> float:
-        """tenacity's wait hook: the backoff for the state's failed attempt."""
-        outcome = state.outcome
-        return self._backoff(state.attempt_number, outcome.exception() if outcome else None)
 
     async def generate(
         self, messages: list[dict[str, str]], output_model: type[pydantic.BaseModel]
@@ -706,314 +481,3 @@ class LanguageModel:
             cost=cost,
         )
         return True
-
-    async def _call_with_retries(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """Attempts until one succeeds, a non-transient error, or the retries run out.
-
-        The first attempt runs bare: nearly every call succeeds at once, and building retry
-        machinery for each of thousands of in-flight calls measurably raised garbage-collector
-        work (see docs/benchmarks.md). Only after a transient failure does tenacity take over
-        the remaining attempts, with bounded exponential backoff that honours Retry-After.
-        """
-        try:
-            return await self._attempt_with_fallback(request, output_model)
-        except Exception as exc:
-            if not _is_transient(exc) or self.max_retries == 0:
-                raise
-            first_error = exc
-        add_usage(self, retries=1)
-        await asyncio.sleep(self._backoff(1, first_error))
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries),
-            # tenacity counts from 1 again; the backoff continues from the bare attempt.
-            wait=lambda state: self._backoff(
-                state.attempt_number + 1,
-                state.outcome.exception() if state.outcome is not None else None,
-            ),
-            retry=retry_if_exception(_is_transient),
-            reraise=True,
-            before_sleep=lambda _: add_usage(self, retries=1),
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt_with_fallback(request, output_model)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt_with_fallback(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """One attempt, stepping down the structured-output modes while they are refused.
-
-        Until a mode is settled, an ``"auto"`` client lets one request at a time through
-        (the others wait for its verdict, then go out in the mode it found).
-        """
-        if not self._settled:
-            async with self._probe_lock():
-                if not self._settled:
-                    try:
-                        return await self._attempt_stepping_down(request, output_model)
-                    finally:
-                        # Any verdict (a reply, or an error that is not about the format)
-                        # ends the one-at-a-time probe: requests that still carry a refused
-                        # format step down on their own refusal.
-                        self._settled = True
-        return await self._attempt_stepping_down(request, output_model)
-
-    async def _attempt_stepping_down(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        if self.structured_output == "auto" and MODES.index(mode_of(request)) < MODES.index(
-            self._mode
-        ):
-            self._set_mode(request, self._mode, output_model)  # negotiated down meanwhile
-        while True:
-            try:
-                return await self._attempt(request, output_model)
-            except Exception as exc:
-                self._raise_if_fatal(exc)
-                mode = mode_of(request)
-                if not is_format_refusal(exc, mode):
-                    raise
-                if self.structured_output != "auto":
-                    raise StructuredOutputRefusedError(
-                        f"{self.model} refused the pinned structured_output={mode!r}: "
-                        f"{server_message(exc)}"
-                    ) from exc
-                lower = next_mode(mode)
-                if lower is None:  # pragma: no cover - json_text carries no format to refuse
-                    raise
-                self._step_down(mode, lower, exc)
-                self._set_mode(request, self._mode, output_model)
-
-    def _step_down(self, refused: OutputMode, lower: OutputMode, exc: BaseException) -> None:
-        """Record that ``refused`` does not work on this endpoint."""
-        new = lower_mode(lower, self._mode)
-        if new != self._mode:
-            logger.debug(
-                "%s at %s refused structured output %r (%s); trying %r.",
-                self.model,
-                self.api_base,
-                refused,
-                server_message(exc)[:300],
-                new,
-            )
-            self._mode = new
-            self._negotiated = True
-            _ENDPOINT_MODES[(self.model, self._base_key)] = new
-
-    def _mode_works(self, mode: OutputMode) -> None:
-        """A reply came back in ``mode``: remember it and say so once, at INFO."""
-        if self.structured_output != "auto" or mode != self._mode:
-            return
-        endpoint = (self.model, self._base_key)
-        _ENDPOINT_MODES[endpoint] = mode
-        if (self.model, self._base_key, mode) not in _LOGGED_MODES:
-            _LOGGED_MODES.add((self.model, self._base_key, mode))
-            logger.info(
-                "%s%s: structured output negotiated to %r%s (pin it with structured_output=%r).",
-                self.model,
-                f" at {self.api_base}" if self.api_base else "",
-                mode,
-                " after refusals" if self._negotiated else "",
-                mode,
-            )
-
-    def _raise_if_fatal(self, exc: Exception) -> None:
-        """Raise for errors no retry can fix.
-
-        Raises:
-            LMConfigurationError: bad credentials, unknown model, no permission.
-        """
-        _error_classes()
-        if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
-            raise LMConfigurationError(
-                f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
-                "Check the model name, `api_base` and `api_key` (for a server "
-                "without auth, pass any placeholder key)."
-            ) from exc
-
-    async def _litellm_send(self, request: dict[str, Any]) -> Any:
-        """One request through litellm, with its own retries off: ours decide (and count)."""
-        return await get_litellm().acompletion(
-            **request,
-            api_key=self._api_key,
-            timeout=self.timeout,
-            num_retries=0,
-            max_retries=0,
-        )
-
-    async def _attempt(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        if self._replicas is not None:
-            return await self._attempt_replicas(request, output_model)
-        if self._http is not None:
-            return await self._attempt_http(request, output_model)
-        async with self._limiter():
-            try:
-                response = await self._litellm_send(request)
-            except Exception:
-                add_usage(self, calls=1)  # every request sent is a call, refused ones too
-                raise
-        return self._litellm_reply(response, request, output_model)
-
-    def _litellm_reply(
-        self, response: Any, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """Count and validate a litellm response."""
-        usage_info = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage_info, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage_info, "completion_tokens", 0) or 0)
-        hidden = getattr(response, "_hidden_params", None) or {}
-        cost = float(hidden.get("response_cost") or 0.0)
-        content = response.choices[0].message.content or ""
-        return self._counted_reply(
-            content, prompt_tokens, completion_tokens, cost, request, output_model
-        )
-
-    async def _attempt_http(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """The lean path's ``_attempt``: same counting, same validation, same errors."""
-        async with self._limiter():
-            try:
-                content, prompt_tokens, completion_tokens = await self._http.complete(  # type: ignore[union-attr]
-                    request
-                )
-            except Exception:
-                add_usage(self, calls=1)
-                raise
-        return self._http_reply(content, prompt_tokens, completion_tokens, request, output_model)
-
-    def _http_reply(
-        self,
-        content: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        request: dict[str, Any],
-        output_model: type[pydantic.BaseModel],
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """Count and validate a lean-path reply (cost as litellm would report it)."""
-        cost = _http.token_cost(self.model, prompt_tokens, completion_tokens)
-        return self._counted_reply(
-            content, prompt_tokens, completion_tokens, cost, request, output_model
-        )
-
-    def _counted_reply(
-        self,
-        content: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cost: float,
-        request: dict[str, Any],
-        output_model: type[pydantic.BaseModel],
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """What both transports do with an answered request: count it, note that its
-        structured-output mode works, validate the reply."""
-        add_usage(
-            self,
-            calls=1,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost=cost,
-        )
-        self._mode_works(mode_of(request))
-        return self._validate(content, output_model), (prompt_tokens, completion_tokens, cost)
-
-    def _replica_slots(self) -> tuple[anyio.Semaphore, list[anyio.Semaphore]]:
-        """This loop's limiters: one over all replicas' slots, and one per replica."""
-        loop = asyncio.get_running_loop()
-        limiters = self._replica_limiters.get(loop)
-        if limiters is None:
-            count = len(self._replicas or ())
-            limiters = (
-                _new_semaphore(self.max_concurrency * count),
-                [_new_semaphore(self.max_concurrency) for _ in range(count)],
-            )
-            self._replica_limiters[loop] = limiters
-        return limiters
-
-    async def _attempt_replicas(
-        self, request: dict[str, Any], output_model: type[pydantic.BaseModel]
-    ) -> tuple[pydantic.BaseModel, tuple[int, int, float]]:
-        """One attempt over the replicas: least loaded first, failing over on transient errors.
-
-        The replica is chosen when a slot frees, not when the request arrives: a request
-        first waits for any of the ``replicas x max_concurrency`` slots, then goes to the
-        replica with the fewest requests in flight (which has a free slot). Choosing on
-        arrival would split a batch evenly up front, so a slower replica (less CPU, a longer
-        prompt mix, a busy engine) would keep its share queued while the others sat idle;
-        choosing on a free slot makes each replica pull work at the pace it answers.
-
-        Every replica is tried at most once per attempt; when all failed transiently, the last
-        error goes to the usual retry-with-backoff. A format refusal is not failed over (the
-        replicas run the same server: the negotiation steps down instead).
-        """
-        replicas = self._replicas or []
-        tried: set[int] = set()
-        self._rotation = (self._rotation + 1) % len(replicas)
-        start = self._rotation
-        any_slot, slots = self._replica_slots()
-        async with any_slot:
-            while True:
-                index = min(
-                    (i for i in range(len(replicas)) if i not in tried),
-                    key=lambda i: (replicas[i].in_flight, (i - start) % len(replicas)),
-                )
-                tried.add(index)
-                replica = replicas[index]
-                replica.in_flight += 1
-                try:
-                    # Free at once unless failing over to a replica that is full.
-                    async with slots[index]:
-                        try:
-                            if replica.http is not None:
-                                content, prompt, completion = await replica.http.complete(request)
-                                reply = None
-                            else:
-                                reply = await self._litellm_send(
-                                    {**request, "api_base": replica.base}
-                                )
-                        except Exception as exc:
-                            add_usage(self, calls=1)
-                            if (
-                                len(tried) < len(replicas)
-                                and _is_transient(exc)
-                                and not is_format_refusal(exc, mode_of(request))
-                            ):
-                                logger.debug(
-                                    "%s: replica %s failed (%s); failing over.",
-                                    self.name,
-                                    replica.base,
-                                    type(exc).__name__,
-                                )
-                                continue
-                            raise
-                finally:
-                    replica.in_flight -= 1
-                break
-        if reply is not None:
-            return self._litellm_reply(reply, request, output_model)
-        return self._http_reply(content, prompt, completion, request, output_model)
-
-    @staticmethod
-    def _validate(content: str, output_model: type[pydantic.BaseModel]) -> pydantic.BaseModel:
-        """The reply as ``output_model``, or :class:`InvalidOutputError` (retried)."""
-        try:
-            raw = parse_json_reply(content)
-            value = output_model.model_validate(raw)
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise InvalidOutputError(
-                f"Reply does not match {output_model.__name__}: {str(exc)[:500]}"
-            ) from exc
-        return value
-
-
-def _is_jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -20,7 +20,7 @@ from promptfit.errors import ConfigurationError, DataError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.language_models.request import build_messages, render_system
 from promptfit.modules.module import Module, SymbolicDataModel
-from promptfit.training.traces import _TRACES, record_trace
+from promptfit.modules.traces import _TRACES, record_trace
 from promptfit.variables.overrides import language_model_override, variable_override
 
 __all__ = ["Generator", "data_model_config"]

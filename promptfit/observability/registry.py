@@ -201,7 +201,7 @@ def prompt_value_from_template(template: Any) -> dict[str, Any]:
 def _registry_client(tracking_uri: str | None) -> tuple[Any, str]:
     from mlflow import MlflowClient
 
-    from promptfit.observability.enable import resolve_tracking_uri
+    from promptfit.observability.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri

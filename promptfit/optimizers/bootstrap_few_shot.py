@@ -24,9 +24,9 @@ from promptfit.optimizers.optimizer import PopulationOptimizer
 from promptfit.variables.overrides import override_language_model
 
 if TYPE_CHECKING:
+    from promptfit.modules.traces import ModuleTrace
     from promptfit.programs.program import Program
     from promptfit.training.outcome import BatchOutcome
-    from promptfit.training.traces import ModuleTrace
 
 __all__ = ["BootstrapFewShot"]
 

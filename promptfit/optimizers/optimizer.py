@@ -119,7 +119,7 @@ async def score_candidates(
     :func:`~promptfit.variables.overrides.override_variables`, so candidates x examples are in
     flight together and only each language model's ``max_concurrency`` bounds them.
     """
-    from promptfit.training.trainer import _run_concurrently
+    from promptfit.training.concurrency import run_concurrently as _run_concurrently
 
     outcomes: list[Any] = [None] * len(candidates)
 
@@ -299,7 +299,7 @@ class PopulationOptimizer(Optimizer):
         free = self.num_candidates - len(self.races)
         if free <= 0:
             return
-        from promptfit.training.trainer import _run_concurrently
+        from promptfit.training.concurrency import run_concurrently as _run_concurrently
 
         proposals: list[Any] = [None] * free
 

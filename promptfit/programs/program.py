@@ -19,9 +19,11 @@ from promptfit.data.data_model import DataModel
 from promptfit.errors import ConfigurationError, SerializationError, VariableValidationError
 from promptfit.modules.input import InputModule
 from promptfit.modules.module import Module, Node, SymbolicDataModel
+from promptfit.programs.functional_config import ProgramGraph, functional_config, graph_from_config
+from promptfit.saving import program_io
 from promptfit.training.trainer import Trainer
 
-__all__ = ["Program", "Sequential"]
+__all__ = ["Program", "ProgramGraph", "Sequential"]
 
 
 def _coerce_input(value: Any, data_model: type[DataModel], program: str) -> Any:
@@ -255,23 +257,17 @@ class Program(Trainer, Module):
     # -- saving ------------------------------------------------------------------------
     def save(self, filepath: str | os.PathLike[str]) -> Path:
         """Save structure and variables as JSON (atomic; never holds API keys)."""
-        from promptfit.saving.program_io import save_program
-
-        return save_program(self, filepath)  # type: ignore[arg-type]
+        return program_io.save_program(self, filepath)
 
     def save_variables(
         self, filepath: str | os.PathLike[str], module_names: list[str] | None = None
     ) -> Path:
         """Save only the variables (optionally only those of ``module_names``)."""
-        from promptfit.saving.program_io import save_variables
-
-        return save_variables(self, filepath, module_names)  # type: ignore[arg-type]
+        return program_io.save_variables(self, filepath, module_names)
 
     def load_variables(self, filepath: str | os.PathLike[str], strict: bool = True) -> None:
         """Load variables saved by :meth:`save_variables` or :meth:`save`."""
-        from promptfit.saving.program_io import load_variables
-
-        load_variables(self, filepath, strict=strict)  # type: ignore[arg-type]
+        program_io.load_variables(self, filepath, strict=strict)
 
     # -- description ---------------------------------------------------------------------
     def summary(self) -> str:
@@ -285,12 +281,24 @@ class Program(Trainer, Module):
         print(text)
         return text
 
-    def get_config(self) -> dict[str, Any]:
-        from promptfit.saving.program_io import functional_config
-
+    @property
+    def graph(self) -> ProgramGraph | None:
+        """The functional graph (nodes, inputs, outputs), read-only; ``None`` for a
+        subclassed program, whose structure is its ``call`` method."""
         if not self._functional:
+            return None
+        return ProgramGraph(
+            nodes=tuple(self._nodes),
+            inputs=tuple(self._input_symbols),
+            outputs=tuple(self._output_symbols),
+            single_output=self._single_output,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        graph = self.graph
+        if graph is None:
             return Module.get_config(self)
-        return functional_config(self)
+        return functional_config(graph, self.name, self.description, self.trainable)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Program:
@@ -301,10 +309,15 @@ class Program(Trainer, Module):
         ``from_config(config, language_models=None, api_key=None, safe_mode=True)`` too when
         it builds language models.
         """
-        from promptfit.saving.program_io import program_from_functional_config
-
         if "nodes" in config:
-            return program_from_functional_config(cls, config, **kwargs)
+            graph = graph_from_config(config, **kwargs)
+            if cls.__init__ is Program.__init__:
+                return cls(**graph)
+            # A subclass with its own __init__ (Sequential takes `layers`): the graph in the
+            # file is the program, so it is attached with Program.__init__ directly.
+            program = cls.__new__(cls)
+            Program.__init__(program, **graph)
+            return program
         if kwargs.get("language_models"):
             raise SerializationError(
                 f"{cls.__name__} is a subclassed program that builds its own language models, "

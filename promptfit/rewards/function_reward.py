@@ -9,7 +9,7 @@ from typing import Any
 from promptfit.errors import ConfigurationError
 from promptfit.rewards.reward import Reward
 
-__all__ = ["FunctionReward"]
+__all__ = ["FunctionReward", "get_reward"]
 
 
 class FunctionReward(Reward):
@@ -50,3 +50,19 @@ class FunctionReward(Reward):
         from promptfit.saving.registry import registered_name
 
         return {"fn": registered_name(self.fn) or self.fn_name, "name": self.fn_name}
+
+
+def get_reward(reward: Any) -> Reward:
+    """Accept a Reward instance or a plain function (wrapped in a :class:`FunctionReward`).
+
+    It lives beside FunctionReward, not beside Reward, so ``reward.py`` never imports its own
+    subclass back.
+    """
+    if isinstance(reward, Reward):
+        return reward
+    if callable(reward):
+        return FunctionReward(reward)
+    raise ConfigurationError(
+        f"`reward` must be a pf.rewards.Reward or a function (y_true, y_pred) -> float, "
+        f"got {reward!r}."
+    )

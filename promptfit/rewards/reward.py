@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from promptfit.data.data_model import DataModel
-from promptfit.errors import ConfigurationError
 
-__all__ = ["Reward", "as_dict", "get_reward", "masked"]
+__all__ = ["Reward", "as_dict", "masked"]
 
 
 def as_dict(value: Any) -> dict[str, Any] | None:
@@ -71,17 +70,3 @@ class Reward:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Reward:
         return cls(**config)
-
-
-def get_reward(reward: Any) -> Reward:
-    """Accept a Reward instance or a plain function."""
-    from promptfit.rewards.function_reward import FunctionReward
-
-    if isinstance(reward, Reward):
-        return reward
-    if callable(reward):
-        return FunctionReward(reward)
-    raise ConfigurationError(
-        f"`reward` must be a pf.rewards.Reward or a function (y_true, y_pred) -> float, "
-        f"got {reward!r}."
-    )

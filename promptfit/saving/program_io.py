@@ -1,5 +1,10 @@
 """Save and load programs and their variables as versioned JSON.
 
+This module owns the file: its format tag and version, the safe-mode checks on what a file may
+ask for, and the atomic write. The graph inside ``config`` is the program's own business
+(:mod:`promptfit.programs.functional_config`); this module never imports ``programs``, so
+``Program.save`` can import it without a cycle.
+
 Files are written atomically. Loading reads data only: classes are found in the registry
 (promptfit's own and those registered with ``register_serializable``), data models are rebuilt
 from their JSON schemas when their class is not registered, and no template engine ever
@@ -8,14 +13,13 @@ evaluates text from a file. API keys are never written.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from promptfit import __version__
+from promptfit._version import __version__
 from promptfit.errors import SerializationError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.saving.atomic import atomic_write_json
@@ -25,16 +29,19 @@ from promptfit.saving.safe_mode import check_file_language_model, normalize_allo
 from promptfit.saving.secrets import register_language_models, scrub_credentials
 
 if TYPE_CHECKING:
-    from promptfit.modules.module import Module
     from promptfit.programs.program import Program
 
 __all__ = [
     "FORMAT_VERSION",
+    "LoadableProgram",
+    "expect",
+    "language_model_from_file",
     "load_program",
     "load_variables",
     "read_json_file",
     "save_program",
     "save_variables",
+    "serializable_name",
 ]
 
 FORMAT_VERSION = 1
@@ -42,7 +49,12 @@ PROGRAM_FORMAT = "promptfit.program"
 VARIABLES_FORMAT = "promptfit.variables"
 
 
-def _class_name(obj: Any) -> str:
+def serializable_name(obj: Any) -> str:
+    """The registry name a file uses for ``obj``'s class.
+
+    Raises:
+        SerializationError: the class is not registered (the message says how to register it).
+    """
     name = registered_name(type(obj))
     if name is None:
         raise SerializationError(
@@ -52,82 +64,10 @@ def _class_name(obj: Any) -> str:
     return name
 
 
-def functional_config(program: Program) -> dict[str, Any]:
-    """The graph of a functional program: its modules and how their calls connect."""
-    from promptfit.modules.input import InputModule
-
-    nodes = program._nodes
-    symbol_index = {id(node.outputs[0]): i for i, node in enumerate(nodes)}
-    modules: dict[str, dict[str, Any]] = {}
-    node_configs = []
-    for node in nodes:
-        module = node.module
-        if isinstance(module, InputModule):
-            from promptfit.modules.generator import data_model_config
-
-            node_configs.append(
-                {"input": module.name, "data_model": data_model_config(module.data_model)}
-            )
-            continue
-        if module.name not in modules:
-            modules[module.name] = {
-                "class_name": _class_name(module),
-                "config": module.get_config(),
-            }
-        node_configs.append(
-            {"module": module.name, "inputs": [symbol_index[id(s)] for s in node.inputs]}
-        )
-    return {
-        "name": program.name,
-        "description": program.description,
-        "trainable": program.trainable,
-        "modules": modules,
-        "nodes": node_configs,
-        "inputs": [symbol_index[id(s)] for s in program._input_symbols],
-        "outputs": [symbol_index[id(s)] for s in program._output_symbols],
-        "single_output": program._single_output,
-    }
-
-
-# The client's own settings (everything get_config() writes besides extra litellm arguments).
-_LM_CONFIG_FIELDS = frozenset(inspect.signature(LanguageModel).parameters) - {
-    "api_key",
-    "litellm_kwargs",
-}
-
-
-def _build_module(
-    class_name: str,
-    config: dict[str, Any],
-    lms: dict[str, LanguageModel],
-    api_key: str | None,
-    safe_mode: bool,
-    allowed_providers: frozenset[str] = frozenset(),
-) -> Module:
-    from promptfit.modules.generator import Generator
-    from promptfit.modules.module import Module
-
-    cls = get_registered_object(class_name, Module)
-    if not isinstance(config, dict):
-        raise SerializationError(f"module {class_name!r} has a config that is not an object")
-    if issubclass(cls, Generator):
-        lm_config = config["language_model"]
-        if not isinstance(lm_config, dict):
-            raise SerializationError(
-                f"module {class_name!r} has a language_model that is not an object"
-            )
-        key = json.dumps(lm_config, sort_keys=True)
-        lm = lms.get(lm_config.get("name", "")) or lms.get(key)
-        if lm is None:
-            if safe_mode:
-                check_file_language_model(lm_config, allowed_providers)
-            lm = LanguageModel.from_config(lm_config, api_key=api_key)
-            lms[key] = lm
-        return cls.from_config(config, language_model=lm)
-    return cls.from_config(config)
-
-
-def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it has the JSON type ``kind`` (a bool is never a number here), else a
+    :class:`SerializationError` naming ``what``: a file's defects are reported, never raised as
+    ``KeyError``/``TypeError`` from deep inside the loader."""
     if not isinstance(value, kind) or isinstance(value, bool):
         raise SerializationError(f"{what} must be {_KIND_NAMES.get(kind, kind)}, got {value!r:.80}")
     return value
@@ -141,75 +81,53 @@ _KIND_NAMES: dict[Any, str] = {
 }
 
 
-def program_from_functional_config(
-    cls: type[Program],
-    config: dict[str, Any],
-    language_models: dict[str, LanguageModel] | None = None,
-    api_key: str | None = None,
-    safe_mode: bool = True,
-    allowed_providers: Iterable[str] | None = None,
-) -> Program:
-    """Rebuild a functional (or Sequential) program from :func:`functional_config`'s output.
+def language_model_from_file(
+    lm_config: Any,
+    lms: dict[str, LanguageModel],
+    *,
+    api_key: str | None,
+    safe_mode: bool,
+    allowed_providers: frozenset[str] = frozenset(),
+    what: str = "a module",
+) -> LanguageModel:
+    """The client a file's language model config asks for, through the safe-mode checks.
 
-    A subclass with its own ``__init__`` (``Sequential`` takes ``layers``) is built without
-    calling it: the graph in the file is the program, so it is attached with
-    ``Program.__init__`` directly.
+    ``lms`` holds the caller's own clients by ``name`` (never checked: the caller chose them)
+    and, as the file is read, the clients already rebuilt by config, so generators that share
+    a language model in the file share one client after loading.
+
+    Raises:
+        SerializationError: the config is not an object.
+        UnsafeFileError: ``safe_mode`` refused it (the message names what and the fix).
     """
-    from promptfit.data.schema import resolve_data_model
-    from promptfit.modules.input import Input
-    from promptfit.programs.program import Program
-
-    allowed = normalize_allowed_providers(allowed_providers)
-    lms = dict(language_models or {})
-    _expect(config, dict, "the program config")
-    specs = _expect(config.get("modules"), dict, "'modules'")
-    modules = {}
-    for name, spec in specs.items():
-        _expect(spec, dict, f"module {name!r}")
-        modules[name] = _build_module(
-            _expect(spec.get("class_name"), str, f"module {name!r}'s class_name"),
-            spec.get("config"),
-            lms,
-            api_key,
-            safe_mode,
-            allowed,
-        )
-    symbols: list[Any] = []
-    for node in _expect(config.get("nodes"), list, "'nodes'"):
-        _expect(node, dict, "a node")
-        if "input" in node:
-            spec = _expect(node.get("data_model"), dict, "an input's data_model")
-            data_model = resolve_data_model(**spec)
-            symbols.append(Input(data_model=data_model, name=node["input"]))
-        else:
-            args = [symbols[_index(i, symbols)] for i in _expect(node["inputs"], list, "inputs")]
-            if node.get("module") not in modules:
-                raise SerializationError(f"a node calls the unknown module {node.get('module')!r}")
-            symbols.append(modules[node["module"]]._symbolic_call(*args))
-    inputs = [symbols[_index(i, symbols)] for i in _expect(config.get("inputs"), list, "'inputs'")]
-    outputs = [
-        symbols[_index(i, symbols)] for i in _expect(config.get("outputs"), list, "'outputs'")
-    ]
-    if not inputs or not outputs:
-        raise SerializationError("the program has no inputs or no outputs")
-    graph = {
-        "inputs": inputs[0] if len(inputs) == 1 else inputs,
-        "outputs": outputs[0] if config.get("single_output", True) else outputs,
-        "name": config.get("name"),
-        "description": config.get("description"),
-        "trainable": config.get("trainable", True),
-    }
-    if cls.__init__ is Program.__init__:
-        return cls(**graph)
-    program = cls.__new__(cls)
-    Program.__init__(program, **graph)
-    return program
+    if not isinstance(lm_config, dict):
+        raise SerializationError(f"{what} has a language_model that is not an object")
+    key = json.dumps(lm_config, sort_keys=True)
+    lm = lms.get(lm_config.get("name", "")) or lms.get(key)
+    if lm is None:
+        if safe_mode:
+            check_file_language_model(lm_config, allowed_providers)
+        lm = LanguageModel.from_config(lm_config, api_key=api_key)
+        lms[key] = lm
+    return lm
 
 
-def _index(value: Any, symbols: list[Any]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(symbols):
-        raise SerializationError(f"a node refers to symbol {value!r:.40}, which does not exist")
-    return value
+@runtime_checkable
+class LoadableProgram(Protocol):
+    """What :func:`load_program` needs from the class a file names (``pf.Program`` and its
+    subclasses have it; a module such as ``Generator`` does not).
+
+    Why a protocol and not ``issubclass(cls, Program)``: ``saving`` sits below ``programs``
+    (Program's own ``save`` writes through this module), so it names the methods it calls
+    instead of importing Program back.
+    """
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Any: ...
+
+    def set_variables(self, values: dict[str, Any], strict: bool = True) -> None: ...
+
+    def get_compile_config(self) -> dict[str, Any] | None: ...
 
 
 def read_json_file(path: str | os.PathLike[str], expected_format: str) -> dict[str, Any]:
@@ -237,7 +155,7 @@ def save_program(program: Program, path: str | os.PathLike[str]) -> Path:
         "format": PROGRAM_FORMAT,
         "version": FORMAT_VERSION,
         "promptfit_version": __version__,
-        "class_name": _class_name(program),
+        "class_name": serializable_name(program),
         "config": program.get_config(),
         "compile_config": program.get_compile_config() if program.compiled else None,
         "variables": program.get_variables(),
@@ -290,12 +208,13 @@ def load_program(
         # program = pf.load_program("gpt.json", allowed_providers=["openai"])
         ```
     """
-    from promptfit.programs.program import Program
-
     allowed = normalize_allowed_providers(allowed_providers)
     data = read_json_file(path, PROGRAM_FORMAT)
     try:
-        cls = get_registered_object(_expect(data.get("class_name"), str, "class_name"), Program)
+        class_name = expect(data.get("class_name"), str, "class_name")
+        cls = get_registered_object(class_name)
+        if not (isinstance(cls, type) and issubclass(cls, LoadableProgram)):
+            raise SerializationError(f"{class_name!r} is not a Program.")
         kwargs: dict[str, Any] = {
             "language_models": language_models,
             "api_key": api_key,
@@ -303,8 +222,8 @@ def load_program(
         }
         if allowed:  # subclassed programs' own from_config may predate this argument
             kwargs["allowed_providers"] = allowed
-        program = cls.from_config(_expect(data.get("config"), dict, "'config'"), **kwargs)
-        program.set_variables(_expect(data.get("variables", {}), dict, "'variables'"))
+        program = cls.from_config(expect(data.get("config"), dict, "'config'"), **kwargs)
+        program.set_variables(expect(data.get("variables", {}), dict, "'variables'"))
     except SerializationError as error:
         if str(path) in str(error):
             raise

@@ -21,6 +21,8 @@ Anything litellm cannot place (an unknown provider) is refused: unknown is not s
 
 from __future__ import annotations
 
+import functools
+import inspect
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -221,6 +223,16 @@ def _inside_cwd(path: str) -> bool:
         return False
 
 
+@functools.cache
+def _lm_config_fields() -> frozenset[str]:
+    """The client's own settings (everything ``LanguageModel.get_config()`` writes besides
+    extra litellm arguments); read from the signature on first use, so importing this module
+    does not import the client."""
+    from promptfit.language_models.language_model import LanguageModel
+
+    return frozenset(inspect.signature(LanguageModel).parameters) - {"api_key", "litellm_kwargs"}
+
+
 def check_file_language_model(config: Any, allowed_providers: frozenset[str]) -> None:
     """Refuse, in safe mode, what a file could use to steer traffic or write elsewhere.
 
@@ -232,11 +244,9 @@ def check_file_language_model(config: Any, allowed_providers: frozenset[str]) ->
             f"The file's language model configuration must be an object, got "
             f"{type(config).__name__}."
         )
-    from promptfit.saving.program_io import _LM_CONFIG_FIELDS
-
     name = config.get("name") or config.get("model")
     problems = _route_problems(config, allowed_providers)
-    unsafe = sorted(str(k) for k in set(config) - _LM_CONFIG_FIELDS - SAFE_LITELLM_KWARGS)
+    unsafe = sorted(str(k) for k in set(config) - _lm_config_fields() - SAFE_LITELLM_KWARGS)
     if unsafe:
         problems.append(f"it sets the litellm arguments {unsafe}")
     cache = config.get("cache")

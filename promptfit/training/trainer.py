@@ -12,11 +12,10 @@ shuffling seed, accumulators, usage at epoch start) are the context's
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from promptfit.callbacks.callback import Callback
@@ -26,13 +25,15 @@ from promptfit.language_models.scope import run_scope, usage_totals
 from promptfit.language_models.usage import Usage
 from promptfit.metrics.metric import Metric
 from promptfit.rewards.checking import RewardErrors, check_reward_errors, score_batch
-from promptfit.rewards.reward import Reward, get_reward
+from promptfit.rewards.function_reward import get_reward
+from promptfit.rewards.reward import Reward
 from promptfit.training.arguments import (
     check_callbacks,
     check_fit_arguments,
     check_optional_batch_size,
     check_verbose,
 )
+from promptfit.training.concurrency import run_concurrently as _run_concurrently
 from promptfit.training.context import DeprecatedFitState, FitContext, FitParams, RunContext
 from promptfit.training.data import fit_data, read_x, read_y
 from promptfit.training.loop import USAGE_KEYS, evaluate_loop, fit_loop, split_batches
@@ -49,19 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
-
-
-async def _run_concurrently(fn: Callable[[int], Awaitable[None]], n: int) -> None:
-    """Run ``fn(0)`` .. ``fn(n - 1)`` as concurrent tasks and wait for all of them.
-
-    A failure cancels the other tasks and is raised in an ``ExceptionGroup``, as with anyio's
-    task groups. asyncio's own ``TaskGroup`` is used because it is about three times cheaper
-    per task than anyio's (which builds a cancel scope, two events and a task handle per
-    task): one task per example is the hot path of ``evaluate`` and ``fit``.
-    """
-    async with asyncio.TaskGroup() as group:
-        for i in range(n):
-            group.create_task(fn(i))
 
 
 def _check_batch_size(batch_size: int | None) -> int:
@@ -377,9 +365,6 @@ class Trainer:
         Returns:
             The :class:`~promptfit.callbacks.History` of the run.
         """
-        from promptfit.callbacks.history import History
-        from promptfit.callbacks.progbar_logger import ProgbarLogger
-
         self._require_compiled("fit")
         if self.optimizer is None:
             raise ConfigurationError(
@@ -414,30 +399,17 @@ class Trainer:
             fingerprint=data_fingerprint(self._program, xs, ys, val_xs, val_ys, epochs, batch_size),
             rewards=RewardAccumulator(self.metrics),
         )
-        history = History()
-        user_callbacks = list(callbacks or [])
-        extra: list[Callback] = []
-        if verbose not in (0, "0"):
-            extra.append(ProgbarLogger(verbose=verbose))
-        # While pf.enable_observability() is on, every fit is tracked by a Monitor unless the
-        # user passed one (auto_monitor returns None otherwise and never raises).
-        from promptfit.observability.enable import auto_monitor
-
-        if (monitor := auto_monitor(user_callbacks)) is not None:
-            extra.append(monitor)
-        ordered = (
-            [history, *user_callbacks, *extra]
-            if not any(isinstance(c, History) for c in user_callbacks)
-            else [*user_callbacks, *extra]
+        # The list adds History, the progress bar and registered defaults (the Monitor of
+        # pf.enable_observability()), with snapshot callbacks last (see CallbackList).
+        cbs = CallbackList(
+            callbacks,
+            add_history=True,
+            add_progbar=verbose not in (0, "0"),
+            verbose=verbose,
+            add_defaults=True,
+            program=self._program,
         )
-        # Callbacks that snapshot the run (BackupAndRestore) run last in every hook: their
-        # epoch/batch-end snapshot then includes every other callback's update for that step,
-        # and their on_train_begin restore overrides any reset done by the others' hooks.
-        ordered = [c for c in ordered if not getattr(c, "snapshots_fit_state", False)] + [
-            c for c in ordered if getattr(c, "snapshots_fit_state", False)
-        ]
-        cbs = CallbackList(ordered, program=self._program)
-        history = next(c for c in cbs if isinstance(c, History))
+        history = cbs.history
         params = FitParams(
             epochs=epochs,
             steps=batches_per_epoch,
@@ -482,9 +454,7 @@ def _with_progbar(
 ) -> Sequence[Callback] | CallbackList | None:
     if verbose in (0, "0") or isinstance(callbacks, CallbackList):
         return callbacks
-    from promptfit.callbacks.progbar_logger import ProgbarLogger
-
-    return [*(callbacks or []), ProgbarLogger(verbose=verbose, mode=mode)]
+    return CallbackList(callbacks, add_progbar=True, verbose=verbose, progbar_mode=mode)
 
 
 def _describe(obj: Any) -> Any:
