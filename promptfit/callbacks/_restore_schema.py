@@ -131,6 +131,7 @@ class ProgramCheckpointState(_Open):
     best_path: RelPath | None = None
     tolerances: dict[StrictStr, ToleranceState] = {}
     batches_seen: Count = 0
+    last_batch: Count | None = None
     current_epoch: Count = 0
     saved: list[RelPath] = []
     on_best: list[dict[StrictStr, Any]] = []
