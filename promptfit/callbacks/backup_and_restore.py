@@ -10,8 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from promptfit.callbacks._checkpoint_checks import check_save_freq
 from promptfit.callbacks._dir_lock import LOCK_NAME, DirectoryLock
 from promptfit.callbacks._restore_schema import validate_backup
+from promptfit.callbacks._run_fingerprint import run_fingerprint
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
@@ -123,14 +125,8 @@ class BackupAndRestore(Callback):
             raise ConfigurationError(
                 f"`backup_dir` must be a non-empty directory path, got {backup_dir!r}."
             )
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ConfigurationError(
-                f"`save_freq` must be 'epoch' or a positive number of batches, got {save_freq!r}."
-            )
         self.backup_dir = Path(backup_dir)
-        self.save_freq = save_freq
+        self.save_freq = check_save_freq(save_freq)
         self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = bool(delete_checkpoint)
         self._failed = False
@@ -138,6 +134,9 @@ class BackupAndRestore(Callback):
         # instance): what ``backup.prev.json`` becomes on the next save. Keeping them avoids
         # rotating a corrupt file over the good previous one.
         self._last_good: bytes | None = None
+        # The training setup (optimizer, its settings, language models) this fit's backups
+        # record beside FitState's fingerprint; see ``_run_fingerprint``.
+        self._setup: dict[str, Any] = {}
         # Held from on_train_begin to on_train_end: one fit per backup directory at a time.
         self._lock = DirectoryLock(self.backup_dir, "BackupAndRestore")
 
@@ -162,6 +161,7 @@ class BackupAndRestore(Callback):
             raise CheckpointError(
                 "BackupAndRestore only works inside program.fit(); pass it in `callbacks=`."
             )
+        self._setup = run_fingerprint(program, state.optimizer)
         # Before reading anything: a second run on this directory fails here, at once.
         self._lock.acquire()
         found = self._read_backup()
@@ -243,14 +243,14 @@ class BackupAndRestore(Callback):
         if state is None:
             return
         register_language_models(program.all_language_models())
+        snapshot = state.state_dict(program, exclude=self)
+        snapshot["fingerprint"] = {**snapshot["fingerprint"], **self._setup}
         payload = {
             "format": BACKUP_FORMAT,
             "version": BACKUP_VERSION,
             # Callback states and logs may quote configurations: no credential is written.
             # Variables and optimizer state are training data and must round-trip exactly.
-            "fit_state": scrub_credentials(
-                state.state_dict(program, exclude=self), keep=_UNSCRUBBED
-            ),
+            "fit_state": scrub_credentials(snapshot, keep=_UNSCRUBBED),
         }
         try:
             # NaN is allowed (Python reads it back): a NaN metric must not kill the run.

@@ -77,6 +77,9 @@ class FitState:
     # Identifies this fit across a crash and its resume (restored from the backup): LM replies
     # are cached with the run id and step that paid for them (see ``call_origin``).
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The seed passed to fit (``None`` when fit drew one). A backup brings its own seed; only a
+    # seed the user chose can contradict it, and then BackupAndRestore refuses the resume.
+    requested_seed: int | None = None
     callbacks: CallbackList | None = None
     history: Any = None
     optimizer: Optimizer | None = None

@@ -446,10 +446,12 @@ class Trainer:
             ys, val_ys = ys[:-n_val], ys[-n_val:]
 
         batches_per_epoch = math.ceil(len(xs) / batch_size)
+        requested_seed = seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
         state = FitState(
             seed=seed,
+            requested_seed=requested_seed,
             epochs=epochs,
             epoch=initial_epoch,
             step=0,
