@@ -686,3 +686,99 @@ def test_batch_saves_end_with_a_final_save(
     assert listener.paths[-1] == str(last)  # the final save is announced like the others
     # The final file holds the program as training left it.
     assert pf.load_program(last).get_variables() == program.get_variables()
+
+
+# -- a disk that refuses, paths that escape, a fit that starts late ----------------------------
+
+
+def test_a_refused_write_warns_naming_the_path_and_training_goes_on(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The disk refuses epoch 2's file (a directory sits where it goes): one warning naming
+    it, no manifest entry for it, and the fit runs its third epoch and saves it."""
+    (tmp_path / "c-2.json").mkdir()
+    checkpoint = ProgramCheckpoint(tmp_path / "c-{epoch}.json", monitor="reward")
+    listener = SavedPaths()
+
+    async def run() -> Any:
+        program = await calc_program("arith", min_examples=2)
+        x, y = arithmetic_data(6)
+        return await program.fit(
+            x, y, epochs=3, batch_size=3, verbose=0, seed=0, callbacks=[checkpoint, listener]
+        )
+
+    with pytest.warns(RuntimeWarning, match="could not write") as record:
+        history = asyncio.run(run())
+    assert len(record) == 1
+    assert str(tmp_path / "c-2.json") in str(record[0].message)
+    assert "training goes on" in str(record[0].message)
+    assert history.epoch == [0, 1, 2]
+    assert [e["path"] for e in manifest_json(tmp_path)["checkpoints"]] == ["c-1.json", "c-3.json"]
+    assert listener.paths == [str(tmp_path / "c-1.json"), str(tmp_path / "c-3.json")]
+
+
+def test_a_log_value_that_leads_outside_is_refused(program: pf.Program, tmp_path: Path) -> None:
+    cb = ProgramCheckpoint(tmp_path / "run" / "{name}-{epoch}.json")
+    with pytest.raises(CheckpointError, match="outside its directory") as info:
+        drive(program, cb, [0.5], extra={"name": "../escaped"})
+    assert str(tmp_path / "run") in str(info.value)
+    assert not (tmp_path / "escaped-1.json").exists()
+
+
+def test_a_symlinked_subdirectory_that_leads_outside_is_refused(
+    program: pf.Program, tmp_path: Path
+) -> None:
+    """A field that names a symlinked sub-directory passes a lexical check; the real path does
+    not, so no checkpoint is written (nor later deleted) outside the directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "link").symlink_to(outside, target_is_directory=True)
+    cb = ProgramCheckpoint(tmp_path / "run" / "{where}" / "c-{epoch}.json")
+    with pytest.raises(CheckpointError, match="outside"):
+        drive(program, cb, [0.5], extra={"where": "link"})
+    assert list(outside.iterdir()) == []
+
+
+def test_a_template_that_climbs_out_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"'\.\.'"):
+        ProgramCheckpoint(tmp_path / "run" / "e{epoch}" / ".." / ".." / "c.json")
+    # '..' before the first field only moves the directory that holds the manifest.
+    cb = ProgramCheckpoint(str(tmp_path / "run" / ".." / "other" / "c-{epoch}.json"))
+    assert cb.directory == Path(str(tmp_path / "run" / ".." / "other"))
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 2])
+def test_initial_epoch_names_and_records_the_real_epochs(
+    calc_program: Callable[..., Any], tmp_path: Path, save_freq: str | int
+) -> None:
+    template = "c-{epoch}.json" if save_freq == "epoch" else "c-{epoch}-{batch}.json"
+    checkpoint = ProgramCheckpoint(
+        tmp_path / template, monitor="reward", save_freq=save_freq, keep_top_k=5
+    )
+
+    async def run() -> Any:
+        program = await calc_program("arith", min_examples=2)
+        x, y = arithmetic_data(6)
+        return await program.fit(
+            x,
+            y,
+            epochs=4,
+            initial_epoch=2,
+            batch_size=2,
+            verbose=0,
+            seed=0,
+            callbacks=[checkpoint],
+        )
+
+    history = asyncio.run(run())
+    assert history.epoch == [2, 3]
+    entries = manifest_json(tmp_path)["checkpoints"]
+    if save_freq == "epoch":
+        assert [(e["epoch"], e["batch"]) for e in entries] == [(3, None), (4, None)]
+        assert files(tmp_path) == ["c-3.json", "c-4.json"]
+    else:
+        # 3 batches per epoch from epoch 3 on: saves after 2, 4 and 6 batches.
+        assert [(e["epoch"], e["batch"]) for e in entries] == [(3, 2), (4, 1), (4, 3)]
+        assert files(tmp_path) == ["c-3-2.json", "c-4-1.json", "c-4-3.json"]
+    assert latest_checkpoint(tmp_path) == str(tmp_path / files(tmp_path)[-1])
