@@ -154,17 +154,16 @@ def relative_to(directory: Path, path: str) -> str:
     """
     rel = Path(os.path.relpath(path, directory)).as_posix()
     problem = None
-    if rel == ".." or rel.startswith("../"):
-        problem = "a log value used in the template must not contain path separators or '..'"
-    else:
-        try:
-            contained_path(directory, rel, follow_last=False)
-        except PathEscapeError as error:
-            problem = f"{error}; a symlinked sub-directory must not lead elsewhere"
+    try:
+        # Refuses '..' (a log value with a separator) and real paths outside (a symlink).
+        contained_path(directory, rel, follow_last=False)
+    except PathEscapeError as error:
+        problem = str(error)
     if problem:
         raise CheckpointError(
             f"ProgramCheckpoint: the checkpoint path {path!r} lies outside its directory "
-            f"{str(directory)!r} ({problem}). Change the `filepath` template or the logged "
-            "value so every checkpoint stays under that directory."
+            f"{str(directory)!r} ({problem}). A log value used in the template must not contain "
+            "path separators or '..', and a sub-directory must not be a symlink that leads "
+            "elsewhere; change the template or the value so every checkpoint stays inside."
         )
     return rel
