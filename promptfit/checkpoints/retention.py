@@ -189,8 +189,8 @@ def tags_of(marks: Marks) -> dict[str, list[str]]:
 def retag(entries: Sequence[Entry], owned: Iterable[str], tags: Mapping[str, list[str]]) -> None:
     """Give the owned entries exactly the tags in ``tags`` (other tags of theirs are kept).
 
-    Entries of other runs are not touched. Modifies the entries in place (they are the
-    manifest's own dicts, about to be written).
+    Entries of other runs are not touched. Modifies the given entries in place
+    (:func:`apply_save` passes its own copies).
     """
     mine = set(owned)
     for entry in entries:
@@ -243,7 +243,9 @@ def apply_save(
     marks = _overwritten(marks, rel, is_best)
     if current is not None:
         marks = _improvement(marks, current, rel) if is_best else no_improvement(marks)
-    new_entries = [e for e in entries if e["path"] != rel] + [entry]
+    # Copies: the caller's entries are left as they were (a manifest that then fails to be
+    # written must not keep tags it never recorded).
+    new_entries = [dict(e) for e in entries if e["path"] != rel] + [dict(entry)]
     present = {e["path"] for e in new_entries}
     mine = [p for p in owned if p != rel and p in present] + [rel]
     tags = tags_of(marks)
