@@ -302,11 +302,8 @@ class ProgramCheckpoint(Callback):
             print(message, flush=True)
 
     def _write(self, path: str) -> bool:
-        """Write one checkpoint; ``False`` (with a warning) when the disk refuses it.
-
-        A checkpoint is a copy of the program, not the run: losing one must not end a fit whose
-        LM calls are paid for (BackupAndRestore is what keeps the run).
-        """
+        """Write one checkpoint; ``False`` (with a warning) when the disk refuses it: a lost
+        copy of the program must not end a paid-for fit (BackupAndRestore keeps the run)."""
         try:
             if self.kind == "variables":
                 self.program.save_variables(path, module_names=self.module_names)
@@ -331,9 +328,8 @@ class ProgramCheckpoint(Callback):
         is_best: bool,
         logs: dict[str, Any],
     ) -> bool:
-        """Record the save in the manifest and apply retention; ``False`` (with a warning) if
-        the manifest cannot be written: the file stays on disk, unrecorded, and the marks and
-        owned paths stay as they were, so no tag or delete is based on an unwritten record."""
+        """Record the save and apply retention; ``False`` (with a warning) if the manifest
+        cannot be written: then marks and owned paths stay as they were."""
         manifest = CheckpointManifest.load(self.directory)
         manifest.prune_missing()
         entry = make_entry(
