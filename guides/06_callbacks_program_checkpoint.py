@@ -14,7 +14,8 @@ long-running LLM jobs need:
   epoch, the monitored value and all the logs. ``pf.checkpoints.best_checkpoint(dir)`` and
   ``latest_checkpoint(dir)`` answer from that data, never by parsing file names.
 * **Retention.** ``keep_top_k=k`` keeps the ``k`` best files and deletes the others (never the
-  newest, never a tagged one).
+  newest, never a tagged one). On a tie the earlier checkpoint stays best, for the ``best``
+  tag, the ranking and ``best_checkpoint()`` alike.
 * **Tolerances.** ``tolerances=[2]`` also keeps the checkpoint an ``EarlyStopping(patience=2)``
   run *would have ended with*, tagged ``tolerance_2``: one long run answers "what if I had
   stopped earlier?" without rerunning it.
@@ -92,9 +93,9 @@ async def main() -> None:
             f"  {entry['path']:<24} epoch={entry['epoch']} value={entry['value']} "
             f"tags={entry['tags']}"
         )
-    # keep_top_k=1 deleted the worst file but kept the newest one. The 'best' tag marks the
-    # first epoch that reached the best value (a strict improvement, as save_best_only uses);
-    # best_checkpoint() ranks the recorded values and, on a tie, prefers the newer file.
+    # keep_top_k=1 deleted the worst file but kept the newest one. One rule for ties: the
+    # earlier checkpoint stays best (a later one must improve strictly, as save_best_only
+    # decides), so the 'best' tag, keep_top_k's ranking and best_checkpoint() pick one file.
     print("best   :", best_checkpoint(directory))
     print("latest :", latest_checkpoint(directory))
     print("best so far (on_best CSV):")
@@ -135,12 +136,14 @@ async def main() -> None:
     fresh.load_variables(variables_dir / "solver.json")
     print("examples loaded:", len(fresh.get_variables()["solver/prompt"]["examples"]))
 
-    section("5. Every N batches")
+    section("5. Every N batches, and a final save")
     program = await calculator(lm)
     frequent = pf.callbacks.ProgramCheckpoint(
-        filepath=str(out / "steps" / "calc-e{epoch}-b{batch}.json"), monitor="reward", save_freq=1
+        filepath=str(out / "steps" / "calc-e{epoch}-b{batch}.json"), monitor="reward", save_freq=2
     )
-    await program.fit(x, y, epochs=1, batch_size=3, callbacks=[frequent], seed=0, verbose=0)
+    # 3 batches: a save after the 2nd, and a final save after the 3rd, so the steps after the
+    # last save point are never lost when training ends between two of them.
+    await program.fit(x, y, epochs=1, batch_size=2, callbacks=[frequent], seed=0, verbose=0)
     print("per-batch files:", sorted(p.name for p in (out / "steps").glob("*.json")))
 
 

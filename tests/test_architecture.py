@@ -86,7 +86,6 @@ WHY_LONG = "Why this module is long:"
 # split is merged.
 KNOWN_LONG_MODULES: dict[str, str] = {
     "promptfit/callbacks/monitor.py": "issue 12 item 4: uploader thread -> observability/",
-    "promptfit/callbacks/program_checkpoint.py": "issue 12 item 4: retention -> checkpoints/",
     "promptfit/testing/fake_server.py": "issue 12 item 4: becomes a package",
 }
 

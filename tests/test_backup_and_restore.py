@@ -716,7 +716,8 @@ def test_resume_with_another_verbosity_does_not_warn(
                 raise RuntimeError("simulated crash")
 
     async def run(crash: bool, verbose: int) -> Any:
-        program = await calc_program("arith", min_examples=2)
+        # One model string for both runs: another model would refuse the resume.
+        program = await calc_program("arith", min_examples=2, tag="verbosity")
         callbacks: list[Any] = [pf.callbacks.BackupAndRestore(str(tmp_path / "b"))]
         if crash:
             callbacks.insert(0, CrashAtEpoch1())

@@ -247,17 +247,36 @@ def test_module_names_and_variables_only(make_lm: Callable[..., Any], tmp_path: 
 # -- retention -------------------------------------------------------------------------------
 
 
-def test_keep_top_k_ties_newer_wins_and_newest_kept(program: pf.Program, tmp_path: Path) -> None:
+def test_keep_top_k_ties_earlier_wins_and_newest_kept(program: pf.Program, tmp_path: Path) -> None:
     cb = ProgramCheckpoint(tmp_path / "c-{epoch}.json", keep_top_k=2)
     drive(program, cb, [0.9, 0.5, 0.5, 0.1, 0.2])
-    # top-2: epoch 1 (0.9) and epoch 3 (0.5, newer than epoch 2); epoch 5 is the newest.
-    assert files(tmp_path) == ["c-1.json", "c-3.json", "c-5.json"]
+    # top-2: epoch 1 (0.9) and epoch 2 (0.5, earlier than epoch 3); epoch 5 is the newest.
+    assert files(tmp_path) == ["c-1.json", "c-2.json", "c-5.json"]
     assert [e["path"] for e in manifest_json(tmp_path)["checkpoints"]] == [
         "c-1.json",
-        "c-3.json",
+        "c-2.json",
         "c-5.json",
     ]
     assert tags(tmp_path) == {"c-1.json": ["best"]}
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_tie_keeps_the_earlier_checkpoint_best_everywhere(
+    program: pf.Program, tmp_path: Path, mode: str
+) -> None:
+    """The issue's case: the tag, the top-k ranking and best_checkpoint() agree on a tie.
+
+    Before, the tag stayed on epoch 1 while ranking and best_checkpoint() picked epoch 2, so
+    keep_top_k=1 kept three files (both tied ones and the newest).
+    """
+    values = [0.9, 0.9, 0.1, 0.05] if mode == "max" else [0.1, 0.1, 0.9, 0.95]
+    cb = ProgramCheckpoint(tmp_path / "c-{epoch}.json", keep_top_k=1, mode=mode)
+    drive(program, cb, values)
+    # Exactly one file kept by rank (epoch 1, the earlier of the tie), plus the newest.
+    assert files(tmp_path) == ["c-1.json", "c-4.json"]
+    assert tags(tmp_path) == {"c-1.json": ["best"]}
+    assert cb.best_path == "c-1.json"
+    assert best_checkpoint(tmp_path) == str(tmp_path / "c-1.json")
 
 
 def test_keep_top_k_min_mode(program: pf.Program, tmp_path: Path) -> None:
@@ -391,11 +410,12 @@ def test_best_and_latest_checkpoint(program: pf.Program, tmp_path: Path) -> None
         [0.5, 0.9, 0.9, 0.7],
         extra={"val_cost": 1.0},
     )
-    assert best_checkpoint(tmp_path) == str(tmp_path / "c-3.json")  # tie: newer wins
+    assert best_checkpoint(tmp_path) == str(tmp_path / "c-2.json")  # tie: the earlier wins
     assert latest_checkpoint(tmp_path) == str(tmp_path / "c-4.json")
     assert best_checkpoint(tmp_path, mode="min") == str(tmp_path / "c-1.json")
-    assert best_checkpoint(tmp_path, monitor="val_cost") == str(tmp_path / "c-4.json")
-    assert best_checkpoint(tmp_path / "checkpoints.json") == str(tmp_path / "c-3.json")
+    # val_cost is 1.0 everywhere: a four-way tie, which the earliest checkpoint wins.
+    assert best_checkpoint(tmp_path, monitor="val_cost") == str(tmp_path / "c-1.json")
+    assert best_checkpoint(tmp_path / "checkpoints.json") == str(tmp_path / "c-2.json")
     with pytest.warns(UserWarning, match="no_such_key"):
         assert best_checkpoint(tmp_path, monitor="no_such_key", mode="max") is None
     with pytest.raises(ConfigurationError, match="mode="):
@@ -578,7 +598,7 @@ def test_real_fit_best_only_notifies_and_reloads(
     assert listener.paths == [expected[0], all_paths[0], expected[1], all_paths[1], all_paths[2]]
     assert checkpoint.heard == all_paths and other.heard == expected
     assert best_checkpoint(tmp_path) == expected[1]
-    assert best_checkpoint(tmp_path / "all") == all_paths[2]  # tie on 1.0: newest wins
+    assert best_checkpoint(tmp_path / "all") == all_paths[1]  # tie on 1.0: the earlier wins
     assert scores["reward"] == 1.0
 
 
@@ -593,8 +613,172 @@ def test_real_fit_saves_every_n_batches(calc_program: Callable[..., Any], tmp_pa
         await program.fit(x, y, epochs=2, batch_size=2, verbose=0, seed=0, callbacks=[checkpoint])
 
     asyncio.run(run())
-    # 4 batches per epoch: saves after the 3rd and the 6th batch (epoch 2, batch 2).
+    # 4 batches per epoch: saves after the 3rd and the 6th batch (epoch 2, batch 2), and a
+    # final save after the 8th; keep_top_k=1 keeps the best (the first) and the newest.
     entries = manifest_json(tmp_path)["checkpoints"]
-    assert [(e["epoch"], e["batch"]) for e in entries] == [(1, 3), (2, 2)]
-    assert files(tmp_path) == ["b-1-3.json", "b-2-2.json"]
-    assert checkpoint.state_dict()["batches_seen"] == 2
+    assert [(e["epoch"], e["batch"]) for e in entries] == [(1, 3), (2, 4)]
+    assert files(tmp_path) == ["b-1-3.json", "b-2-4.json"]
+    assert checkpoint.state_dict()["batches_seen"] == 0
+
+
+class StopAtBatch(pf.callbacks.Callback):
+    """Stop training after a given global batch (as a budget callback would)."""
+
+    def __init__(self, global_batch: int) -> None:
+        super().__init__()
+        self.global_batch = global_batch
+        self.seen = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seen += 1
+        if self.seen == self.global_batch:
+            self.program.stop_training = True
+
+
+class FailAtEpochEnd(pf.callbacks.Callback):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch == 1:
+            raise RuntimeError("simulated failure")
+
+
+@pytest.mark.parametrize(
+    ("save_freq", "extra", "expected"),
+    [
+        # 3 batches per epoch, 2 epochs: saves after global batches 4, then the final one.
+        (4, None, [(2, 1), (2, 3)]),
+        # Saves after global batches 2, 4 and 6: the last batch was saved, no extra save.
+        (2, None, [(1, 2), (2, 1), (2, 3)]),
+        # Stopped after global batch 5 (epoch 2, batch 2): the final save is named after it.
+        (4, StopAtBatch(5), [(2, 1), (2, 2)]),
+        # A run that fails gets no final save (its backup, if any, is what resumes it).
+        (4, FailAtEpochEnd(), [(2, 1)]),
+    ],
+)
+def test_batch_saves_end_with_a_final_save(
+    calc_program: Callable[..., Any],
+    tmp_path: Path,
+    save_freq: int,
+    extra: pf.callbacks.Callback | None,
+    expected: list[tuple[int, int]],
+) -> None:
+    checkpoint = ProgramCheckpoint(
+        tmp_path / "b-{epoch}-{batch}.json", monitor="reward", save_freq=save_freq
+    )
+    listener = SavedPaths()
+
+    async def run() -> pf.Program:
+        program = await calc_program("arith")
+        x, y = arithmetic_data(6)
+        callbacks = [checkpoint, listener, *([extra] if extra is not None else [])]
+        await program.fit(x, y, epochs=2, batch_size=2, verbose=0, seed=0, callbacks=callbacks)
+        return program
+
+    if isinstance(extra, FailAtEpochEnd):
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            asyncio.run(run())
+        entries = manifest_json(tmp_path)["checkpoints"]
+        assert [(e["epoch"], e["batch"]) for e in entries] == expected
+        return
+    program = asyncio.run(run())
+    entries = manifest_json(tmp_path)["checkpoints"]
+    assert [(e["epoch"], e["batch"]) for e in entries] == expected
+    last = tmp_path / "b-{}-{}.json".format(*expected[-1])
+    assert listener.paths[-1] == str(last)  # the final save is announced like the others
+    # The final file holds the program as training left it.
+    assert pf.load_program(last).get_variables() == program.get_variables()
+
+
+# -- a disk that refuses, paths that escape, a fit that starts late ----------------------------
+
+
+def test_a_refused_write_warns_naming_the_path_and_training_goes_on(
+    calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The disk refuses epoch 2's file (a directory sits where it goes): one warning naming
+    it, no manifest entry for it, and the fit runs its third epoch and saves it."""
+    (tmp_path / "c-2.json").mkdir()
+    checkpoint = ProgramCheckpoint(tmp_path / "c-{epoch}.json", monitor="reward")
+    listener = SavedPaths()
+
+    async def run() -> Any:
+        program = await calc_program("arith", min_examples=2)
+        x, y = arithmetic_data(6)
+        return await program.fit(
+            x, y, epochs=3, batch_size=3, verbose=0, seed=0, callbacks=[checkpoint, listener]
+        )
+
+    with pytest.warns(RuntimeWarning, match="could not write") as record:
+        history = asyncio.run(run())
+    assert len(record) == 1
+    assert str(tmp_path / "c-2.json") in str(record[0].message)
+    assert "training goes on" in str(record[0].message)
+    assert history.epoch == [0, 1, 2]
+    assert [e["path"] for e in manifest_json(tmp_path)["checkpoints"]] == ["c-1.json", "c-3.json"]
+    assert listener.paths == [str(tmp_path / "c-1.json"), str(tmp_path / "c-3.json")]
+
+
+def test_a_log_value_that_leads_outside_is_refused(program: pf.Program, tmp_path: Path) -> None:
+    cb = ProgramCheckpoint(tmp_path / "run" / "{name}-{epoch}.json")
+    with pytest.raises(CheckpointError, match="outside its directory") as info:
+        drive(program, cb, [0.5], extra={"name": "../escaped"})
+    assert str(tmp_path / "run") in str(info.value)
+    assert not (tmp_path / "escaped-1.json").exists()
+
+
+def test_a_symlinked_subdirectory_that_leads_outside_is_refused(
+    program: pf.Program, tmp_path: Path
+) -> None:
+    """A field that names a symlinked sub-directory passes a lexical check; the real path does
+    not, so no checkpoint is written (nor later deleted) outside the directory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "link").symlink_to(outside, target_is_directory=True)
+    cb = ProgramCheckpoint(tmp_path / "run" / "{where}" / "c-{epoch}.json")
+    with pytest.raises(CheckpointError, match="outside"):
+        drive(program, cb, [0.5], extra={"where": "link"})
+    assert list(outside.iterdir()) == []
+
+
+def test_a_template_that_climbs_out_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"'\.\.'"):
+        ProgramCheckpoint(tmp_path / "run" / "e{epoch}" / ".." / ".." / "c.json")
+    # '..' before the first field only moves the directory that holds the manifest.
+    cb = ProgramCheckpoint(str(tmp_path / "run" / ".." / "other" / "c-{epoch}.json"))
+    assert cb.directory == Path(str(tmp_path / "run" / ".." / "other"))
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 2])
+def test_initial_epoch_names_and_records_the_real_epochs(
+    calc_program: Callable[..., Any], tmp_path: Path, save_freq: str | int
+) -> None:
+    template = "c-{epoch}.json" if save_freq == "epoch" else "c-{epoch}-{batch}.json"
+    checkpoint = ProgramCheckpoint(
+        tmp_path / template, monitor="reward", save_freq=save_freq, keep_top_k=5
+    )
+
+    async def run() -> Any:
+        program = await calc_program("arith", min_examples=2)
+        x, y = arithmetic_data(6)
+        return await program.fit(
+            x,
+            y,
+            epochs=4,
+            initial_epoch=2,
+            batch_size=2,
+            verbose=0,
+            seed=0,
+            callbacks=[checkpoint],
+        )
+
+    history = asyncio.run(run())
+    assert history.epoch == [2, 3]
+    entries = manifest_json(tmp_path)["checkpoints"]
+    if save_freq == "epoch":
+        assert [(e["epoch"], e["batch"]) for e in entries] == [(3, None), (4, None)]
+        assert files(tmp_path) == ["c-3.json", "c-4.json"]
+    else:
+        # 3 batches per epoch from epoch 3 on: saves after 2, 4 and 6 batches.
+        assert [(e["epoch"], e["batch"]) for e in entries] == [(3, 2), (4, 1), (4, 3)]
+        assert files(tmp_path) == ["c-3-2.json", "c-4-1.json", "c-4-3.json"]
+    assert latest_checkpoint(tmp_path) == str(tmp_path / files(tmp_path)[-1])

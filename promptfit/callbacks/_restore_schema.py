@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
 )
 
+from promptfit.callbacks._run_fingerprint import check_run_fingerprint
 from promptfit.errors import BackupMismatchError, CheckpointError
 from promptfit.saving.paths import is_safe_relative
 
@@ -131,6 +132,7 @@ class ProgramCheckpointState(_Open):
     best_path: RelPath | None = None
     tolerances: dict[StrictStr, ToleranceState] = {}
     batches_seen: Count = 0
+    last_batch: Count | None = None
     current_epoch: Count = 0
     saved: list[RelPath] = []
     on_best: list[dict[StrictStr, Any]] = []
@@ -277,6 +279,9 @@ def validate_backup(path: Path, saved: Any, state: FitContext, program: Program)
         state.check_compatible(saved)
     except BackupMismatchError as error:
         raise BackupMismatchError(f"Cannot resume from the backup {path}: {error}") from None
+    # The training setup too (optimizer, its settings, seed, language models): before the
+    # optimizer state below is checked against the schema of an optimizer it may not belong to.
+    check_run_fingerprint(path, saved, state, program)
     if fit.epoch > state.epochs:
         raise _invalid(path, f"epoch {fit.epoch} is beyond the fit's {state.epochs} epochs")
     if fit.step > state.steps_per_epoch:

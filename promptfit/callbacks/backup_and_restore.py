@@ -13,6 +13,7 @@ from typing import Any
 from promptfit.callbacks._checks import check_save_freq
 from promptfit.callbacks._dir_lock import LOCK_NAME, DirectoryLock
 from promptfit.callbacks._restore_schema import validate_backup
+from promptfit.callbacks._run_fingerprint import run_fingerprint
 from promptfit.callbacks.callback import Callback
 from promptfit.errors import BackupMismatchError, CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_bytes, fsync_dir
@@ -134,6 +135,9 @@ class BackupAndRestore(Callback):
         # instance): what ``backup.prev.json`` becomes on the next save. Keeping them avoids
         # rotating a corrupt file over the good previous one.
         self._last_good: bytes | None = None
+        # The training setup (optimizer, its settings, language models) this fit's backups
+        # record beside FitProgress's fingerprint; see ``_run_fingerprint``.
+        self._setup: dict[str, Any] = {}
         # Held from on_train_begin to on_train_end: one fit per backup directory at a time.
         self._lock = DirectoryLock(self.backup_dir, "BackupAndRestore")
 
@@ -158,6 +162,7 @@ class BackupAndRestore(Callback):
             raise CheckpointError(
                 "BackupAndRestore only works inside program.fit(); pass it in `callbacks=`."
             )
+        self._setup = run_fingerprint(program, state.optimizer)
         # Before reading anything: a second run on this directory fails here, at once.
         self._lock.acquire()
         found = self._read_backup()
@@ -239,12 +244,14 @@ class BackupAndRestore(Callback):
         if not isinstance(state, FitContext):
             return
         register_language_models(program.all_language_models())
+        snapshot = state.state_dict(exclude=self)
+        snapshot["fingerprint"] = {**snapshot["fingerprint"], **self._setup}
         payload = {
             "format": BACKUP_FORMAT,
             "version": BACKUP_VERSION,
             # Callback states and logs may quote configurations: no credential is written.
             # Variables and optimizer state are training data and must round-trip exactly.
-            "fit_state": scrub_credentials(state.state_dict(exclude=self), keep=_UNSCRUBBED),
+            "fit_state": scrub_credentials(snapshot, keep=_UNSCRUBBED),
         }
         try:
             # NaN is allowed (Python reads it back): a NaN metric must not kill the run.

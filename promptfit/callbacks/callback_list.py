@@ -150,6 +150,22 @@ class CallbackList:
             if inspect.isawaitable(result):
                 await result
 
+    async def call_others(self, sender: Callback, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback of the list except ``sender``.
+
+        For events a callback raises for the rest of the run, such as
+        :class:`~promptfit.callbacks.ProgramCheckpoint` announcing each save with
+        ``on_checkpoint_saved``: the others are reached through the same handler table as
+        ``fit``'s own hooks (in order, only those that override the hook, coroutines awaited),
+        and the sender never hears its own event, which would recurse.
+        """
+        for handler in self._handlers[hook]:
+            if getattr(handler, "__self__", None) is sender:
+                continue
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                await result
+
     # Keras-style named entry points, for readability at call sites.
     async def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         await self.call("on_train_begin", logs)

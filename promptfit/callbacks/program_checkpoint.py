@@ -1,83 +1,46 @@
-"""``ProgramCheckpoint``: save the program (or its variables) during ``fit``."""
+"""``ProgramCheckpoint``: save the program (or its variables) during ``fit``.
+
+The callback decides *when* to save and does the file work; the rules live beside the manifest
+in :mod:`promptfit.checkpoints`: the template rules in ``checkpoints/filepath.py``, ranking, tags,
+tolerances and which files ``keep_top_k`` deletes as pure functions in
+``checkpoints/retention.py``. Argument checks are in ``callbacks/_checkpoint_checks.py``.
+"""
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-import string
+import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptfit.callbacks._checks import check_optional_int, json_float
+from promptfit.callbacks._checkpoint_checks import (
+    check_distinct_names,
+    check_module_names,
+    check_on_best,
+    check_tolerances,
+)
+from promptfit.callbacks._checks import check_optional_int, check_save_freq, json_float
 from promptfit.callbacks._monitoring import MetricWatcher
 from promptfit.callbacks.callback import Callback
 from promptfit.callbacks.callback_list import CallbackList
+from promptfit.checkpoints import retention
+from promptfit.checkpoints.filepath import (
+    checked_template,
+    fill_template,
+    relative_to,
+    template_directory,
+    template_fields,
+)
 from promptfit.checkpoints.manifest import CheckpointManifest, make_entry
-from promptfit.errors import CheckpointError, ConfigurationError, MonitorKeyError
+from promptfit.checkpoints.retention import Marks, Tolerance
+from promptfit.errors import CheckpointError, ConfigurationError
 from promptfit.saving.paths import PathEscapeError, contained_path
 
 if TYPE_CHECKING:
     from promptfit.programs.program import Program
 
 __all__ = ["ProgramCheckpoint"]
-
-_TAGS = ("best", "tolerance_")
-
-
-def _template_fields(filepath: str) -> list[str]:
-    """The replacement fields of ``filepath``; only plain names are allowed.
-
-    Attribute or index access (``{a.b}``, ``{a[0]}``), conversions (``{a!r}``), positional
-    fields (``{}``, ``{0}``) and nested specs (``{a:{w}}``) are refused: the template is
-    filled from the logs dict only, and anything richer would either fail at the end of the
-    first (paid-for) epoch or read attributes of log values.
-    """
-    try:
-        parsed = list(string.Formatter().parse(filepath))
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"ProgramCheckpoint: `filepath` {filepath!r} is not a valid format string ({exc}). "
-            "Write literal braces as '{{' and '}}'."
-        ) from exc
-    fields: list[str] = []
-    for _literal, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        problem = None
-        if name == "" or name.isdigit():
-            problem = "positional fields are not allowed; name a log key, e.g. {epoch:02d}"
-        elif "." in name or "[" in name:
-            problem = "attribute and index access are not allowed; use a plain log key"
-        elif conversion:
-            problem = f"conversions like !{conversion} are not allowed; use a format spec"
-        elif spec and ("{" in spec or "}" in spec):
-            problem = "nested fields in format specs are not allowed"
-        if problem:
-            raise ConfigurationError(
-                f"ProgramCheckpoint: bad field {{{name}}} in `filepath` {filepath!r}: {problem}."
-            )
-        if name in ("epoch", "batch") and spec:
-            try:
-                format(1, spec)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"ProgramCheckpoint: format spec {spec!r} of {{{name}}} in `filepath` "
-                    f"{filepath!r} does not apply to an integer ({exc})."
-                ) from None
-        fields.append(name)
-    return fields
-
-
-def _manifest_directory(filepath: str) -> Path:
-    """The deepest directory of ``filepath`` that does not depend on a field."""
-    fixed: list[str] = []
-    for part in Path(filepath).parts[:-1]:
-        if "{" in part or "}" in part:
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
 
 
 class ProgramCheckpoint(Callback):
@@ -102,12 +65,23 @@ class ProgramCheckpoint(Callback):
     Files are written atomically: a crash never leaves a half-written checkpoint.
 
     **When.** At every epoch end (``save_freq="epoch"``) or every ``save_freq`` training
-    batches. With ``save_best_only``, only when ``monitor`` improves strictly on the best value
-    so far (which starts at ``initial_value_threshold`` when given), as Keras does.
+    batches; with an integer ``save_freq`` also once more when training ends normally, if
+    batches ran since the last save (a *final* save, so the last steps are never lost; it is
+    named after the last batch that ran, and gets the last epoch's logs). With
+    ``save_best_only``, only when ``monitor`` improves strictly on the best value so far (which
+    starts at ``initial_value_threshold`` when given), as Keras does.
 
     **Retention.** ``keep_top_k=k`` keeps the ``k`` checkpoints with the best monitored values
-    (ties: the newer wins) and deletes the files of the others, except that the newest
-    checkpoint and the tagged ones below are never deleted.
+    and deletes the files of the others, except that the newest checkpoint and the tagged ones
+    below are never deleted. **Ties: the earlier checkpoint stays best**, for the ``best`` tag,
+    the ranking and :func:`~promptfit.checkpoints.best_checkpoint` alike, so exactly ``k``
+    files are kept by rank (see :mod:`promptfit.checkpoints.retention`).
+
+    **A disk that refuses a write** (full, read-only, a path that is not a directory) does not
+    end the run: the checkpoint is skipped with a ``RuntimeWarning`` naming the path, and
+    training goes on. A template that formats to a path outside its directory is refused with
+    :class:`~promptfit.errors.CheckpointError` (with ``..`` in the template itself, already at
+    construction with :class:`~promptfit.errors.ConfigurationError`).
 
     **Tolerances** (``tolerances=[2, 5]``): as if several early-stopping runs with patience 2
     and 5 had been made from one run, the checkpoint each of them would have ended with is
@@ -185,12 +159,8 @@ class ProgramCheckpoint(Callback):
         strict: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(filepath, str | os.PathLike) or not os.fspath(filepath):
-            raise ConfigurationError(
-                f"ProgramCheckpoint: `filepath` must be a non-empty path, got {filepath!r}."
-            )
-        self.filepath = str(os.fspath(filepath))
-        self._fields = _template_fields(self.filepath)
+        self.filepath = checked_template(filepath)
+        self._fields = template_fields(self.filepath)
         self._monitor = MetricWatcher(monitor, mode, 0.0, strict, owner="ProgramCheckpoint")
         self.monitor = monitor
         self.mode = mode
@@ -202,21 +172,7 @@ class ProgramCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = bool(save_best_only)
         self.save_variables_only = bool(save_variables_only)
-
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ConfigurationError(
-                f"ProgramCheckpoint: `save_freq` must be 'epoch' or a positive number of "
-                f"batches, got {save_freq!r}."
-            )
-        self.save_freq = save_freq
-        if "batch" in self._fields and save_freq == "epoch":
-            raise ConfigurationError(
-                "ProgramCheckpoint: {batch} in `filepath` is only filled when `save_freq` is a "
-                "number of batches; remove it or pass save_freq=N."
-            )
-
+        self.save_freq = check_save_freq("ProgramCheckpoint", save_freq)
         if initial_value_threshold is not None and (
             isinstance(initial_value_threshold, bool)
             or not isinstance(initial_value_threshold, int | float)
@@ -232,66 +188,39 @@ class ProgramCheckpoint(Callback):
         self.keep_top_k = check_optional_int(
             "ProgramCheckpoint", "keep_top_k", keep_top_k, minimum=1
         )
+        self.module_names: list[str] | None = check_module_names(module_names)
+        self.tolerances: list[int] | None = check_tolerances(tolerances)
+        check_distinct_names(
+            self.filepath,
+            self._fields,
+            self.save_freq,
+            keeps_several=self.keep_top_k is not None or bool(self.tolerances),
+        )
+        self.on_best = check_on_best(on_best)
+        self._children = CallbackList(self.on_best)
 
-        if module_names is not None:
-            if isinstance(module_names, str) or not all(
-                isinstance(n, str) and n for n in module_names
-            ):
-                raise ConfigurationError(
-                    "ProgramCheckpoint: `module_names` must be a list of module names, got "
-                    f"{module_names!r}."
-                )
-            module_names = list(dict.fromkeys(module_names))
-            if not module_names:
-                raise ConfigurationError("ProgramCheckpoint: `module_names` must not be empty.")
-        self.module_names: list[str] | None = module_names
-
-        if tolerances is not None:
-            if isinstance(tolerances, int | str) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tolerances
-            ):
-                raise ConfigurationError(
-                    "ProgramCheckpoint: `tolerances` must be a list of positive integers "
-                    f"(epochs without improvement), got {tolerances!r}."
-                )
-            tolerances = sorted(set(tolerances))
-        self.tolerances: list[int] | None = tolerances or None
-
-        if self.keep_top_k is not None or self.tolerances:
-            needed = ["epoch"] + (["batch"] if save_freq != "epoch" else [])
-            missing = [f for f in needed if f not in self._fields]
-            if missing:
-                raise ConfigurationError(
-                    "ProgramCheckpoint: `keep_top_k` and `tolerances` keep several checkpoints, "
-                    f"so `filepath` must give each one its own name; add "
-                    f"{', '.join('{' + f + '}' for f in missing)} to {self.filepath!r}."
-                )
-
-        children = list(on_best or [])
-        for child in children:
-            if not isinstance(child, Callback):
-                raise ConfigurationError(
-                    "ProgramCheckpoint: `on_best` must hold pf.callbacks.Callback instances, "
-                    f"got {type(child).__name__}."
-                )
-        self.on_best = children
-        self._children = CallbackList(children)
-
-        self.directory = _manifest_directory(self.filepath)
-        self.best: float | None = self.initial_value_threshold
-        self.best_path: str | None = None
-        self._tolerance_state: dict[int, dict[str, Any]] = {
-            t: {"epochs_since_improvement": 0, "exhausted": False, "path": None}
-            for t in self.tolerances or []
-        }
+        self.directory = template_directory(self.filepath)
+        self._marks = retention.initial_marks(self.initial_value_threshold, self.tolerances or [])
         self._batches_seen = 0
+        self._last_batch: int | None = None
         self._current_epoch = 0
         self._saved: list[str] = []
+        self._failed = False
 
     @property
     def kind(self) -> str:
         """``"variables"`` or ``"program"``: what each checkpoint file holds."""
         return "variables" if self.save_variables_only or self.module_names else "program"
+
+    @property
+    def best(self) -> float | None:
+        """The best monitored value so far (``initial_value_threshold`` before any)."""
+        return self._marks.best
+
+    @property
+    def best_path(self) -> str | None:
+        """The best checkpoint's path, relative to :attr:`directory` (``None`` before one)."""
+        return self._marks.best_path
 
     # -- wiring --------------------------------------------------------------------------------
     def set_program(self, program: Program) -> None:
@@ -306,6 +235,7 @@ class ProgramCheckpoint(Callback):
     async def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # These checks run before any LM call; so does reading the manifest, which a resumed
         # run will update (a corrupt one fails now, not after a paid epoch).
+        self._failed = False
         self._monitor.resolve()
         CheckpointManifest.load(self.directory)
         if self.module_names:
@@ -325,7 +255,8 @@ class ProgramCheckpoint(Callback):
         if self.save_freq == "epoch":
             return
         self._batches_seen += 1
-        if self._batches_seen >= self.save_freq:
+        self._last_batch = batch
+        if self._batches_seen >= int(self.save_freq):
             self._batches_seen = 0
             await self._save(self._current_epoch, batch, logs)
 
@@ -334,8 +265,20 @@ class ProgramCheckpoint(Callback):
         if self.save_freq == "epoch":
             await self._save(epoch, None, logs)
 
+    def on_train_error(self, error: BaseException) -> None:
+        self._failed = True
+
     async def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        await self._children.on_train_end(logs)
+        try:
+            # The final save of batch-wise checkpointing: the batches after the last save
+            # would otherwise be lost when the run ends between two save points. A failed run
+            # is left to BackupAndRestore (its program may be mid-update).
+            if self.save_freq != "epoch" and self._batches_seen and not self._failed:
+                self._batches_seen = 0
+                batch = self._last_batch if self._last_batch is not None else 0
+                await self._save(self._current_epoch, batch, logs, final=True)
+        finally:
+            await self._children.on_train_end(logs)
 
     # -- saving --------------------------------------------------------------------------------
     def _format_best(self) -> str:
@@ -346,161 +289,99 @@ class ProgramCheckpoint(Callback):
         if self.verbose > 0:
             print(message, flush=True)
 
-    def _format_path(self, epoch: int, batch: int | None, logs: dict[str, Any]) -> str:
-        values: dict[str, Any] = dict(logs)
-        values["epoch"] = epoch + 1
-        if batch is not None:
-            values["batch"] = batch + 1
-        missing = [name for name in self._fields if name not in values]
-        if missing:
-            raise MonitorKeyError(
-                f"ProgramCheckpoint cannot fill {{{missing[0]}}} in filepath {self.filepath!r}: "
-                f"the logs have no key {missing[0]!r}. Available keys: {sorted(values)}. Use one "
-                "of them ('val_' keys need validation data in fit(); per-batch saves only see "
-                "training keys)."
-            )
-        try:
-            return self.filepath.format(**values)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"ProgramCheckpoint cannot format filepath {self.filepath!r} with the logs: "
-                f"{exc}. Check the format specs, e.g. {{val_reward:.3f}} for a float."
-            ) from exc
-
-    def _relative(self, path: str) -> str:
-        rel = Path(os.path.relpath(path, self.directory)).as_posix()
-        if rel == ".." or rel.startswith("../"):
-            raise CheckpointError(
-                f"ProgramCheckpoint: the checkpoint path {path!r} lies outside its directory "
-                f"{str(self.directory)!r}; a log value must not contain path separators."
-            )
-        return rel
-
-    def _write(self, path: str) -> None:
+    def _write(self, path: str) -> bool:
+        """Write one checkpoint; ``False`` (with a warning) when the disk refuses it: a lost
+        copy of the program must not end a paid-for fit (BackupAndRestore keeps the run)."""
         try:
             if self.kind == "variables":
                 self.program.save_variables(path, module_names=self.module_names)
             else:
                 self.program.save(path)
         except OSError as exc:
-            raise CheckpointError(f"ProgramCheckpoint could not write {path}: {exc}.") from exc
-
-    def _record_improvement(self, current: float, rel: str) -> None:
-        self.best = current
-        self.best_path = rel
-        for state in self._tolerance_state.values():
-            if not state["exhausted"]:
-                state["path"] = rel
-                state["epochs_since_improvement"] = 0
-
-    def _record_no_improvement(self) -> None:
-        for tolerance, state in self._tolerance_state.items():
-            if state["exhausted"]:
-                continue
-            state["epochs_since_improvement"] += 1
-            if state["epochs_since_improvement"] >= tolerance:
-                state["exhausted"] = True  # its checkpoint is frozen from now on
-
-    def _forget_overwritten(self, rel: str, is_best: bool) -> None:
-        """A save to an existing path replaces that file: drop tags it no longer deserves."""
-        if self.best_path == rel and not is_best:
-            self.best_path = None
-        for state in self._tolerance_state.values():
-            if state["path"] == rel and not (is_best and not state["exhausted"]):
-                state["path"] = None
-
-    def _tags(self) -> dict[str, list[str]]:
-        tags: dict[str, list[str]] = {}
-        if self.best_path is not None:
-            tags.setdefault(self.best_path, []).append("best")
-        for tolerance, state in self._tolerance_state.items():
-            if state["path"] is not None:
-                tags.setdefault(state["path"], []).append(f"tolerance_{tolerance}")
-        return tags
+            warnings.warn(
+                f"ProgramCheckpoint could not write {path} ({exc}); training goes on without "
+                "this checkpoint. Check that the directory is writable and the disk is not full.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
 
     def _update_manifest(
-        self, rel: str, epoch: int, batch: int | None, current: float | None, logs: dict[str, Any]
-    ) -> None:
+        self,
+        rel: str,
+        epoch: int,
+        batch: int | None,
+        current: float | None,
+        is_best: bool,
+        logs: dict[str, Any],
+    ) -> bool:
+        """Record the save and apply retention; ``False`` (with a warning) if the manifest
+        cannot be written: then marks and owned paths stay as they were."""
         manifest = CheckpointManifest.load(self.directory)
         manifest.prune_missing()
-        manifest.add(
-            make_entry(
-                rel,
-                epoch=epoch + 1,
-                batch=None if batch is None else batch + 1,
-                monitor=self.monitor,
-                mode=self._monitor.mode,
-                value=current,
-                metrics=logs,
-                kind=self.kind,
-            )
+        entry = make_entry(
+            rel,
+            epoch=epoch + 1,
+            batch=None if batch is None else batch + 1,
+            monitor=self.monitor,
+            mode=self._monitor.mode,
+            value=current,
+            metrics=logs,
+            kind=self.kind,
         )
-        present = {entry["path"] for entry in manifest.entries}
-        self._saved = [p for p in self._saved if p != rel and p in present] + [rel]
-        owned = set(self._saved)
-
-        tags = self._tags()
-        for entry in manifest.entries:
-            if entry["path"] in owned:
-                kept = [t for t in entry.get("tags", []) if not t.startswith(_TAGS)]
-                entry["tags"] = kept + tags.get(entry["path"], [])
-
-        doomed: list[dict[str, Any]] = []
-        if self.keep_top_k is not None:
-            doomed = self._beyond_top_k(manifest, owned, protected={rel, *tags})
-            for entry in doomed:
-                manifest.remove(entry["path"])
-            gone = {entry["path"] for entry in doomed}
-            self._saved = [p for p in self._saved if p not in gone]
+        result = retention.apply_save(
+            manifest.entries,
+            self._saved,
+            self._marks,
+            entry,
+            current=current,
+            is_best=is_best,
+            keep_top_k=self.keep_top_k,
+            mode=self._monitor.mode,
+        )
+        manifest.entries = result.entries
         # Manifest first, files second: a crash in between leaves orphan files, never entries
         # pointing at nothing that a reader would trust.
-        manifest.save()
-        for entry in doomed:
-            manifest.unlink_entry_file(entry)
-
-    def _beyond_top_k(
-        self, manifest: CheckpointManifest, owned: set[str], protected: set[str]
-    ) -> list[dict[str, Any]]:
-        sign = 1.0 if self._monitor.mode == "max" else -1.0
-
-        def rank(item: tuple[int, dict[str, Any]]) -> tuple[bool, float, int]:
-            index, entry = item
-            value = entry.get("value")
-            known = isinstance(value, int | float) and not isinstance(value, bool)
-            return (known, sign * value if known else 0.0, index)  # later index wins ties
-
-        candidates = [(i, e) for i, e in enumerate(manifest.entries) if e["path"] in owned]
-        ranked = sorted(candidates, key=rank, reverse=True)
-        keep = {e["path"] for _, e in ranked[: self.keep_top_k]} | protected
-        return [e for _, e in candidates if e["path"] not in keep]
+        try:
+            manifest.save()
+        except CheckpointError as error:
+            if not isinstance(error.__cause__, OSError):
+                raise
+            warnings.warn(
+                f"ProgramCheckpoint could not record {rel} in {manifest.path} "
+                f"({error.__cause__}); training goes on without this checkpoint.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        self._saved, self._marks = result.owned, result.marks
+        for doomed in result.doomed:
+            manifest.unlink_entry_file(doomed)
+        return True
 
     async def _notify_saved(self, path: str, logs: dict[str, Any]) -> None:
         state = self.context
         callbacks = getattr(state, "callbacks", None)
-        if callbacks is None:
-            return
-        for callback in callbacks:
-            if callback is self:
-                continue  # never recurse into ourselves
-            if getattr(type(callback), "on_checkpoint_saved", None) is Callback.on_checkpoint_saved:
-                continue
-            result = callback.on_checkpoint_saved(path, dict(logs))
-            if inspect.isawaitable(result):
-                await result
+        if isinstance(callbacks, CallbackList):
+            await callbacks.call_others(self, "on_checkpoint_saved", path, dict(logs))
 
-    async def _save(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> None:
+    async def _save(
+        self, epoch: int, batch: int | None, logs: dict[str, Any] | None, final: bool = False
+    ) -> None:
         logs = dict(logs or {})
         where = f"Epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+        where += " (end of training)" if final else ""
         current = self._monitor.get(logs)
         is_best = current is not None and self._monitor.improved(current, self.best)
         if self.save_best_only and not is_best:
             if current is not None:
                 self._say(f"{where}: {self.monitor} did not improve from {self._format_best()}")
-                self._record_no_improvement()
+                self._marks = retention.no_improvement(self._marks)
             return
 
-        path = self._format_path(epoch, batch, logs)
-        rel = self._relative(path)
+        path = fill_template(self.filepath, self._fields, epoch, batch, logs)
+        rel = relative_to(self.directory, path)
         if is_best and current is not None:
             self._say(
                 f"{where}: {self.monitor} improved from {self._format_best()} to "
@@ -508,15 +389,10 @@ class ProgramCheckpoint(Callback):
             )
         else:
             self._say(f"{where}: saving {self.kind} to {path}")
-        self._write(path)
-
-        self._forget_overwritten(rel, is_best)
-        if current is not None:
-            if is_best:
-                self._record_improvement(current, rel)
-            else:
-                self._record_no_improvement()
-        self._update_manifest(rel, epoch, batch, current, logs)
+        if not self._write(path) or not self._update_manifest(
+            rel, epoch, batch, current, is_best, logs
+        ):
+            return
         await self._notify_saved(path, logs)
         if is_best and self.on_best:
             prefixed = {f"best={self.monitor}/{key}": value for key, value in logs.items()}
@@ -527,8 +403,16 @@ class ProgramCheckpoint(Callback):
         return {
             "best": json_float(self.best),
             "best_path": self.best_path,
-            "tolerances": {str(t): dict(state) for t, state in self._tolerance_state.items()},
+            "tolerances": {
+                str(t.patience): {
+                    "epochs_since_improvement": t.epochs_since_improvement,
+                    "exhausted": t.exhausted,
+                    "path": t.path,
+                }
+                for t in self._marks.tolerances
+            },
             "batches_seen": self._batches_seen,
+            "last_batch": self._last_batch,
             "current_epoch": self._current_epoch,
             "saved": list(self._saved),
             "on_best": [child.state_dict() for child in self.on_best],
@@ -536,18 +420,21 @@ class ProgramCheckpoint(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         best = state.get("best")
-        self.best = None if best is None else float(best)
-        self.best_path = state.get("best_path")
         saved_tolerances = state.get("tolerances", {})
-        for tolerance, current in self._tolerance_state.items():
-            saved = saved_tolerances.get(str(tolerance))
+        tolerances = []
+        for current in self._marks.tolerances:
+            saved = saved_tolerances.get(str(current.patience))
             if saved is not None:
-                current.update(
+                current = Tolerance(
+                    current.patience,
                     epochs_since_improvement=int(saved["epochs_since_improvement"]),
                     exhausted=bool(saved["exhausted"]),
                     path=saved.get("path"),
                 )
+            tolerances.append(current)
         self._batches_seen = int(state.get("batches_seen", 0))
+        last_batch = state.get("last_batch")
+        self._last_batch = None if last_batch is None else int(last_batch)
         self._current_epoch = int(state.get("current_epoch", 0))
         saved_paths = list(state.get("saved", []))
         for rel in saved_paths:
@@ -559,6 +446,9 @@ class ProgramCheckpoint(Callback):
                     f"ProgramCheckpoint's backed-up state names the checkpoint {error}"
                 ) from None
         self._saved = saved_paths
+        self._marks = Marks(
+            None if best is None else float(best), state.get("best_path"), tuple(tolerances)
+        )
         for child, child_state in zip(self.on_best, state.get("on_best", []), strict=False):
             child.load_state_dict(child_state)
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from promptfit.checkpoints.retention import best_entry
 from promptfit.errors import CheckpointError, ConfigurationError
 from promptfit.saving.atomic import atomic_write_json
 from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
@@ -293,7 +294,11 @@ class CheckpointManifest:
         return None
 
     def best(self, monitor: str | None = None, mode: str | None = None) -> dict[str, Any] | None:
-        """The entry with the best value of ``monitor`` (ties: the newer wins).
+        """The entry with the best value of ``monitor`` (ties: the earlier stays best).
+
+        Ranked by :func:`promptfit.checkpoints.retention.best_entry`, the rule
+        ``ProgramCheckpoint`` uses for its ``best`` tag and ``keep_top_k``, so all three pick
+        the same file.
 
         Args:
             monitor: Log key to rank by; defaults to the monitor of the latest entry. Entries
@@ -331,20 +336,7 @@ class CheckpointManifest:
                 )
         if mode not in ("min", "max"):
             raise ConfigurationError(f"`mode` must be 'min' or 'max', got {mode!r}.")
-        best: dict[str, Any] | None = None
-        best_value = 0.0
-        for entry in entries:
-            if entry.get("monitor") == monitor:
-                value = entry.get("value")
-            else:
-                value = (entry.get("metrics") or {}).get(monitor)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if math.isnan(value):
-                continue
-            better = best is None or (value >= best_value if mode == "max" else value <= best_value)
-            if better:  # `>=`: later entries win ties
-                best, best_value = entry, float(value)
+        best = best_entry(entries, mode, monitor)
         if best is None:
             warnings.warn(
                 f"No checkpoint in {self.directory} recorded a value for {monitor!r}; cannot pick "

@@ -88,6 +88,9 @@ class FitProgress:
     rewards: RewardAccumulator = field(default_factory=RewardAccumulator)
     epoch_usage_start: Usage = field(default_factory=Usage)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The seed passed to fit (``None`` when fit drew one); not saved: a backup brings its own
+    # seed, and only a seed the user chose can contradict it (BackupAndRestore then refuses).
+    requested_seed: int | None = None
 
     @property
     def reward_total(self) -> float:

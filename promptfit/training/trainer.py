@@ -388,10 +388,12 @@ class Trainer:
         xs, ys, val_xs, val_ys = fit_data(self._program, x, y, validation_split, validation_data)
 
         batches_per_epoch = math.ceil(len(xs) / batch_size)
+        requested_seed = seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
         state = FitProgress(
             seed=seed,
+            requested_seed=requested_seed,
             epochs=epochs,
             epoch=initial_epoch,
             step=0,
