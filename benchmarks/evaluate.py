@@ -456,8 +456,8 @@ async def bench(args: argparse.Namespace) -> int:
             summary["runs"]["cached"] = [r.__dict__ for r in hits.runs]
 
     print(
-        f"promptfit benchmark: evaluate {n} examples, server latency {args.latency_ms:g} ms, "
-        f"median of {args.repeats} (order rotated per repeat)"
+        f"promptfit benchmark ({', '.join(_sections(args))}): server latency "
+        f"{args.latency_ms:g} ms, median of {args.repeats} (order rotated per repeat)"
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -755,6 +755,18 @@ async def bench_replicas(
                 )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _sections(args: argparse.Namespace) -> list[str]:
+    """What this run measures, for the header."""
+    sections = [f"clients at concurrency {c}, {args.n} calls" for c in args.concurrency]
+    if args.replicas:
+        sections.append(f"replicas {' '.join(map(str, args.replicas))}, {args.n} calls")
+    if args.fit:
+        sections.append(f"fit against evaluate, {args.fit_n} examples")
+    if args.cache_hits:
+        sections.append(f"cache hits, {args.n} examples")
+    return sections or ["nothing"]
 
 
 def _load() -> str:

@@ -468,6 +468,11 @@ def test_a_slower_replica_gets_fewer_requests(
     Picking on arrival split the 80 requests 40/40 up front, and the fast replica then sat
     idle while the slow one worked through its queue one request at a time.
     """
+    if lm_transport != "http":
+        # The picker is the same code on both transports; on litellm's ~5 ms of CPU per call
+        # a loaded machine makes the client, not the replicas, set the pace (then an even
+        # split is the right answer), so the property is checked where the replicas lead.
+        pytest.skip("the replica picker is shared; checked on the lean transport")
     llm_server.reset()
     one_slot_server.reset()
     lm = pf.LanguageModel(
