@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["create_program_model", "dataset_rows", "log_datasets", "log_program_model"]
+__all__ = [
+    "create_program_model",
+    "dataset_jobs",
+    "dataset_rows",
+    "log_datasets",
+    "log_program_model",
+]
 
 MODEL_TYPE = "promptfit-program"
 _MAX_DATASET_ROWS = 100_000
@@ -50,6 +56,24 @@ def dataset_rows(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[dict[str, A
             targets[column] = None
         rows.append(row)
     return rows, list(targets)
+
+
+def dataset_jobs(
+    prefix: str,
+    train: tuple[Sequence[Any], Sequence[Any]],
+    validation: tuple[Sequence[Any], Sequence[Any]],
+) -> list[tuple[str, str, list[dict[str, Any]], list[str]]]:
+    """``(context, name, rows, targets)`` for the training and validation data of a fit (an
+    empty one is left out), named ``<prefix>-train`` and ``<prefix>-validation``."""
+    jobs = []
+    for context, suffix, (xs, ys) in (
+        ("training", "train", train),
+        ("validation", "validation", validation),
+    ):
+        rows, targets = dataset_rows(xs, ys)
+        if rows:
+            jobs.append((context, f"{prefix}-{suffix}", rows, targets))
+    return jobs
 
 
 def log_datasets(
