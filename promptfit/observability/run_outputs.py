@@ -19,6 +19,7 @@ __all__ = [
     "dataset_rows",
     "log_datasets",
     "log_program_model",
+    "missing_datasets",
 ]
 
 MODEL_TYPE = "promptfit-program"
@@ -76,15 +77,10 @@ def dataset_jobs(
     return jobs
 
 
-def log_datasets(
-    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
-) -> None:
-    """Log ``(context, name, rows, targets)`` data sets as the run's inputs.
-
-    Uses ``mlflow.data.from_pandas`` (digest computed by MLflow from the content; source: the
-    code that ran the fit, as for any in-memory data frame) and the ``mlflow.data.context``
-    input tag (``training`` / ``validation``) that the run page's Datasets panel shows.
-    """
+def _dataset_inputs(
+    datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]],
+) -> list[Any]:
+    """MLflow ``DatasetInput`` entities of ``(context, name, rows, targets)`` data sets."""
     import mlflow.data
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
@@ -100,8 +96,40 @@ def log_datasets(
         inputs.append(
             DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         )
+    return inputs
+
+
+def log_datasets(
+    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
+) -> None:
+    """Log ``(context, name, rows, targets)`` data sets as the run's inputs.
+
+    Uses ``mlflow.data.from_pandas`` (digest computed by MLflow from the content; source: the
+    code that ran the fit, as for any in-memory data frame) and the ``mlflow.data.context``
+    input tag (``training`` / ``validation``) that the run page's Datasets panel shows.
+    """
+    inputs = _dataset_inputs(datasets)
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
+
+
+def missing_datasets(
+    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
+) -> list[str]:
+    """Names of the data sets that are not inputs of the run yet (same name and digest).
+
+    Why: after a request whose reply was lost, this tells whether the server stored it.
+    """
+    run = client.get_run(run_id)
+    have = {
+        (item.dataset.name, item.dataset.digest)
+        for item in (run.inputs.dataset_inputs if run.inputs is not None else [])
+    }
+    return [
+        entity.dataset.name
+        for entity in _dataset_inputs(datasets)
+        if (entity.dataset.name, entity.dataset.digest) not in have
+    ]
 
 
 def create_program_model(

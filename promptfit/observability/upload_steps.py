@@ -5,7 +5,8 @@ RunUploader`'s outbox (params and tags, metrics, data sets, prompt versions, art
 logged model) on the worker thread, removing only what was sent or refused for good. Errors
 are judged here, the same way for every kind: a connectivity problem is re-raised (the whole
 flush is retried later and the outage reported once), an item MLflow refuses for good is
-dropped with one warning, and "already exists" after a lost reply is success.
+dropped with one warning, and a data set the server already stored (its reply was lost) is
+logged, not an outage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from promptfit.observability.uploader import RunUploader
 
 __all__ = [
-    "already_exists",
     "drop_on_permanent",
     "is_permanent",
     "send_artifacts",
@@ -46,22 +46,11 @@ _PERMANENT_CODES = {
     "BAD_REQUEST",
     "INVALID_STATE",
 }
-# What MLflow's stores answer when a row is inserted twice: the reply to the first insert was
-# lost (a timeout, a dropped connection) and the retry found the row already written.
-_DUPLICATE_MARKERS = ("unique constraint", "duplicate key", "already exists", "integrityerror")
 
 
 def is_permanent(exc: BaseException) -> bool:
     """Whether MLflow refused the call for good (retrying the same request cannot help)."""
     return getattr(exc, "error_code", None) in _PERMANENT_CODES
-
-
-def already_exists(exc: BaseException) -> bool:
-    """Whether ``exc`` says the item is already stored (the insert of a retried request)."""
-    if getattr(exc, "error_code", None) == "RESOURCE_ALREADY_EXISTS":
-        return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _DUPLICATE_MARKERS)
 
 
 def warn_from_worker(message: str) -> None:
@@ -168,29 +157,31 @@ def drop_on_permanent(up: RunUploader, what: str, exc: Exception) -> None:
 
 
 def send_datasets(up: RunUploader, client: Any) -> None:
-    from promptfit.observability.run_outputs import log_datasets
+    """Log the fit's data sets as run inputs, exactly once.
+
+    Logging inputs is not idempotent under a lost reply: when a request times out after the
+    server stored the data set, the retry can race the first insert and fail on MLflow's
+    UNIQUE constraint (seen as "too many 500 error responses" by the client). Before treating
+    any failure as an outage or a rejection, ask the run whether it already has every data set
+    (same name and digest): if it has, the upload succeeded.
+    """
+    from promptfit.observability.run_outputs import log_datasets, missing_datasets
 
     with up.lock:
         jobs = list(up.dataset_jobs)
     if not jobs:
         return
     try:
-        try:
-            log_datasets(client, str(up.run_id), jobs)
-        except Exception as exc:
-            if not already_exists(exc):
-                raise
-            # A retried request whose first attempt was stored: MLflow de-duplicates a
-            # data set it already has, so once more adds only what may still be missing
-            # (this run's input edges); a second "already exists" means it is all there.
-            logger.debug("MLflow already has the data sets; logging them once more.")
-            try:
-                log_datasets(client, str(up.run_id), jobs)
-            except Exception as again:
-                if not already_exists(again):
-                    raise
+        log_datasets(client, str(up.run_id), jobs)
     except Exception as exc:
-        drop_on_permanent(up, "data sets", exc)
+        try:
+            stored = not missing_datasets(client, str(up.run_id), jobs)
+        except Exception:
+            stored = False  # cannot tell (e.g. the server is down): judge the first error
+        if stored:
+            logger.debug("MLflow already had the data sets (%s); taken as logged.", exc)
+        else:
+            drop_on_permanent(up, "data sets", exc)
     with up.lock:
         del up.dataset_jobs[: len(jobs)]
 

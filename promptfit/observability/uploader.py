@@ -7,9 +7,11 @@ the failure is reported once (one warning per outage, shared with the tracing ba
 :func:`~promptfit.observability.mlflow_backend.report_unreachable`), and the outbox is retried
 at every kick (epoch ends, train end), so data recorded while the server was down still lands
 if it comes back before the run ends. Errors are classified: a connectivity problem is retried,
-an item MLflow refuses for good is dropped (one warning), and "already exists" after a lost
-reply is success. MLflow's HTTP retries are lowered while the thread runs (see
-:func:`promptfit.observability.enable.http_defaults`) so a dead server is detected in seconds.
+an item MLflow refuses for good is dropped (one warning), and a data set the server already
+stored before its reply was lost is logged, not an outage (see
+:mod:`promptfit.observability.upload_steps`). MLflow's HTTP retries are lowered while the
+thread runs (see :func:`promptfit.observability.enable.http_defaults`) so a dead server is
+detected in seconds.
 Nothing here can raise into ``fit``.
 """
 
