@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +127,7 @@ class RunUploader:
         self.end_requested = False
         self.requested = 0
         self.completed = 0
-        self.progress_at = 0.0  # when the server last answered a call (see _AnsweringClient)
-        self.answering = False  # the last call got an answer (an error reply counts)
+        self.progress_at = 0.0  # when an upload step last sent something (worker clock)
         self.client: Any = None
         self.staging = StagingArea(plan.secrets)
         self.warned_rejected = False  # one 'rejected' warning per fit
@@ -202,7 +201,7 @@ class RunUploader:
         A cancelled fit (``KILLED``) never waits. Otherwise the wait lasts at most
         ``flush_timeout``, and for a server that is down or has not answered yet it ends
         after 4 s without an answer: a hung server never answers, while one that came back
-        answers within a second and then keeps the wait going with each call it answers (a
+        answers within a second and then keeps the wait going as each upload step lands (a
         busy server emptying a long outage's buffer is not cut off mid-way, which would leave
         the run ``RUNNING`` forever). A local store, which cannot hang but may take long to
         create its database, is waited for until written (at least 2 minutes).
@@ -212,13 +211,9 @@ class RunUploader:
         target = self.kick()
         if self.status == "KILLED":
             return  # the worker finishes in the background; never delay a cancellation
-        from promptfit.observability.mlflow_backend import is_unreachable
-
         remote = self.uri.startswith(("http://", "https://"))
         silence = flush_timeout
-        # Silent: the last call got no answer and the server has not been seen healthy since
-        # (by this worker, or by the process-wide registry's /health probe).
-        if remote and not self.answering and (not self.succeeded or is_unreachable(self.uri)):
+        if remote and (self.down or not self.succeeded):
             silence = min(flush_timeout, 4.0)
         elif not remote:
             flush_timeout = silence = max(flush_timeout, LOCAL_STORE_WAIT_S)
@@ -298,15 +293,19 @@ class RunUploader:
             client = self._client()
             if self.run_id is None:
                 self._start_run(client)
-            steps.send_params(self, client)
-            steps.send_datasets(self, client)
-            steps.send_metrics(self, client)
-            steps.send_prompts(self, client)
-            steps.send_artifacts(self, client)
+                self.progress_at = time.monotonic()
+            for send in (
+                steps.send_params,
+                steps.send_datasets,
+                steps.send_metrics,
+                steps.send_prompts,
+                steps.send_artifacts,
+            ):
+                self._step(send, client)
             with self.lock:
                 final = self.end_requested
             if final:
-                steps.send_model(self, client)
+                self._step(steps.send_model, client)
             with self.lock:
                 done = self.end_requested and not (
                     self.metrics
@@ -330,7 +329,6 @@ class RunUploader:
                 )
                 return
             self.down = True
-            self.answering = False
             report_unreachable(self.uri, exc, started_at=started_at)
             return
         if self.down:
@@ -339,11 +337,25 @@ class RunUploader:
         self.succeeded = True
         mark_reachable(self.uri)
 
+    def _step(self, send: Callable[[RunUploader, Any], None], client: Any) -> None:
+        """Run one upload step; if it sent something, the server is answering (see close)."""
+        before = self._outbox_size()
+        send(self, client)
+        if self._outbox_size() < before:
+            self.progress_at = time.monotonic()
+
+    def _outbox_size(self) -> int:
+        with self.lock:
+            return (
+                len(self.metrics) + len(self.params) + len(self.tags) + len(self.artifacts)
+                + len(self.prompt_jobs) + len(self.dataset_jobs) + (self.model_file is not None)
+            )  # fmt: skip
+
     def _client(self) -> Any:
         if self.client is None:
             from mlflow import MlflowClient
 
-            self.client = _AnsweringClient(MlflowClient(tracking_uri=self.uri), self)
+            self.client = MlflowClient(tracking_uri=self.uri)
         return self.client
 
     def _start_run(self, client: Any) -> None:
@@ -390,41 +402,6 @@ class RunUploader:
         key, value, timestamp, step = row
         offset = self.batch_offset if key.startswith("batch/") else self.epoch_offset
         return (key, value, timestamp, step + offset)
-
-
-class _AnsweringClient:
-    """An ``MlflowClient`` whose every call that returns records that the server answers.
-
-    :meth:`RunUploader.close` keeps waiting for a server that answers, call after call, and
-    gives up on one that stays silent; one upload step (registering prompts, logging the
-    model) can take many calls, each slow on a busy server.
-    """
-
-    def __init__(self, client: Any, uploader: RunUploader) -> None:
-        self._client = client
-        self._uploader = uploader
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            from mlflow.exceptions import RestException
-
-            try:
-                result = attribute(*args, **kwargs)
-            except RestException:  # an error reply is an answer too
-                self._answered()
-                raise
-            self._answered()
-            return result
-
-        return call
-
-    def _answered(self) -> None:
-        self._uploader.progress_at = time.monotonic()
-        self._uploader.answering = True
 
 
 def _next_steps(client: Any, run: Any) -> tuple[int, int]:
