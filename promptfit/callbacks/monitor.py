@@ -107,11 +107,10 @@ class Monitor(Callback):
             logged model of the run (the program JSON and the fit configuration as its
             artifacts, the final epoch's metrics linked to it).
         flush_timeout: Most seconds ``on_train_end`` waits for the last upload to a tracking
-            server (data still unsent after that is dropped, with the warning already shown).
-            A server that is down or has not answered yet is given up on after 4 s without
-            an answer; one that answers keeps the wait going, up to ``flush_timeout``. A local
-            store (SQLite file) cannot hang and is waited for until written, up to 2 minutes,
-            because creating its database the first time can be slow.
+            server (data still unsent after that is dropped, with the warning already shown;
+            a server that is down or never answered gets 4 s). A local store (SQLite file)
+            cannot hang and is waited for until written, up to 2 minutes, because creating
+            its database the first time can be slow.
 
     Example:
         ```python

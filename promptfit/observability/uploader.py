@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,6 @@ class RunUploader:
         self.end_requested = False
         self.requested = 0
         self.completed = 0
-        self.progress_at = 0.0  # when an upload step last sent something (worker clock)
         self.client: Any = None
         self.staging = StagingArea(plan.secrets)
         self.warned_rejected = False  # one 'rejected' warning per fit
@@ -198,13 +197,11 @@ class RunUploader:
     async def close(self, flush_timeout: float) -> None:
         """Ask for the final flush (which ends the run with :attr:`status`) and wait for it.
 
-        A cancelled fit (``KILLED``) never waits. Otherwise the wait lasts at most
-        ``flush_timeout``, and for a server that is down or has not answered yet it ends
-        after 4 s without an answer: a hung server never answers, while one that came back
-        answers within a second and then keeps the wait going as each upload step lands (a
-        busy server emptying a long outage's buffer is not cut off mid-way, which would leave
-        the run ``RUNNING`` forever). A local store, which cannot hang but may take long to
-        create its database, is waited for until written (at least 2 minutes).
+        A cancelled fit (``KILLED``) never waits. Otherwise: a server that has been answering
+        gets ``flush_timeout``; one that is down or has not answered yet gets at most 4 s (a
+        server that came back answers within a second, a hung one never does); a local store,
+        which cannot hang but may take long to create its database, is waited for until
+        written (at least 2 minutes).
         """
         with self.lock:
             self.end_requested = True
@@ -212,19 +209,13 @@ class RunUploader:
         if self.status == "KILLED":
             return  # the worker finishes in the background; never delay a cancellation
         remote = self.uri.startswith(("http://", "https://"))
-        silence = flush_timeout
         if remote and (self.down or not self.succeeded):
-            silence = min(flush_timeout, 4.0)
+            flush_timeout = min(flush_timeout, 4.0)
         elif not remote:
-            flush_timeout = silence = max(flush_timeout, LOCAL_STORE_WAIT_S)
-        started = time.monotonic()
-        deadline = started + flush_timeout
-        while self.completed < target and self.thread.is_alive():
-            now = time.monotonic()
-            if now >= deadline or now - max(started, self.progress_at) >= silence:
-                break
+            flush_timeout = max(flush_timeout, LOCAL_STORE_WAIT_S)
+        deadline = time.monotonic() + flush_timeout
+        while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
             await anyio.sleep(0.02)
-        waited = time.monotonic() - started
         if self.completed >= target:
             # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
             # let it, so fit returns with the environment restored.
@@ -233,7 +224,7 @@ class RunUploader:
             from promptfit.observability.mlflow_backend import report_unreachable
 
             # Say it now, not from the worker after fit has returned (or never, at exit).
-            report_unreachable(self.uri, f"no answer within {waited:.0f}s")
+            report_unreachable(self.uri, f"no answer within {flush_timeout:.0f}s")
         with self.lock:
             unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
         if unsent and not self.disabled:
@@ -293,19 +284,15 @@ class RunUploader:
             client = self._client()
             if self.run_id is None:
                 self._start_run(client)
-                self.progress_at = time.monotonic()
-            for send in (
-                steps.send_params,
-                steps.send_datasets,
-                steps.send_metrics,
-                steps.send_prompts,
-                steps.send_artifacts,
-            ):
-                self._step(send, client)
+            steps.send_params(self, client)
+            steps.send_datasets(self, client)
+            steps.send_metrics(self, client)
+            steps.send_prompts(self, client)
+            steps.send_artifacts(self, client)
             with self.lock:
                 final = self.end_requested
             if final:
-                self._step(steps.send_model, client)
+                steps.send_model(self, client)
             with self.lock:
                 done = self.end_requested and not (
                     self.metrics
@@ -336,20 +323,6 @@ class RunUploader:
         self.down = False
         self.succeeded = True
         mark_reachable(self.uri)
-
-    def _step(self, send: Callable[[RunUploader, Any], None], client: Any) -> None:
-        """Run one upload step; if it sent something, the server is answering (see close)."""
-        before = self._outbox_size()
-        send(self, client)
-        if self._outbox_size() < before:
-            self.progress_at = time.monotonic()
-
-    def _outbox_size(self) -> int:
-        with self.lock:
-            return (
-                len(self.metrics) + len(self.params) + len(self.tags) + len(self.artifacts)
-                + len(self.prompt_jobs) + len(self.dataset_jobs) + (self.model_file is not None)
-            )  # fmt: skip
 
     def _client(self) -> Any:
         if self.client is None:
