@@ -85,8 +85,6 @@ WHY_LONG = "Why this module is long:"
 # server becomes a package; item 3: the fit loop's outcome/context). Delete each line when its
 # split is merged.
 KNOWN_LONG_MODULES: dict[str, str] = {
-    "promptfit/callbacks/monitor.py": "issue 12 item 4: uploader thread -> observability/",
-    "promptfit/testing/fake_server.py": "issue 12 item 4: becomes a package",
 }
 
 

@@ -359,9 +359,13 @@ def test_run_params_metrics_artifacts_and_traces(
     assert SECRET not in trace.to_json()
 
 
-# Known flake, not yet explained: in 2 of 8 full-suite runs on 30 Nov 2026 (never alone, 0 of 8)
-# one outage produced a second "unreachable" warning. A rerun keeps the assertion whole; the
-# stop note tracks finding the cause.
+# Flaky under load. One cause is fixed: under load the first upload of the data sets timed out
+# after the server had stored them, the retry hit MLflow's UNIQUE constraint (HTTP 500), and
+# that was taken for an outage (a second "unreachable" warning); the Monitor now asks the run
+# whether it has the data sets (test_monitor_runs.py reproduces the lost reply). A second cause
+# remains at load averages of 15-20 on 2 cores (4 of 4 runs on 30 Nov 2026): the server is back
+# but on_train_end gives a server that was down 4 s in all, so the final upload is cut off and
+# the run stays RUNNING. Hence the bounded rerun, until that end-of-fit wait is fixed.
 @pytest.mark.flaky(reruns=2)
 @pytest.mark.mlflow_server
 def test_server_gone_mid_run_then_back_flushes_buffer(

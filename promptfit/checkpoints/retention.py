@@ -75,7 +75,7 @@ def improves(current: float, reference: float | None, mode: Mode) -> bool:
     """Whether ``current`` is strictly better than ``reference`` (``None``: nothing yet).
 
     Strict, so a tie never moves the ``best`` tag: the earlier checkpoint stays best. NaN never
-    improves. (``ProgramCheckpoint`` decides with its :class:`MetricMonitor`, which applies the
+    improves. (``ProgramCheckpoint`` decides with its :class:`MetricWatcher`, which applies the
     same rule with ``min_delta=0``.)
     """
     if math.isnan(current):

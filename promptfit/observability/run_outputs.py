@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["create_program_model", "dataset_rows", "log_datasets", "log_program_model"]
+__all__ = [
+    "create_program_model",
+    "dataset_jobs",
+    "dataset_rows",
+    "log_datasets",
+    "log_program_model",
+    "missing_datasets",
+]
 
 MODEL_TYPE = "promptfit-program"
 _MAX_DATASET_ROWS = 100_000
@@ -52,15 +59,28 @@ def dataset_rows(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[dict[str, A
     return rows, list(targets)
 
 
-def log_datasets(
-    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
-) -> None:
-    """Log ``(context, name, rows, targets)`` data sets as the run's inputs.
+def dataset_jobs(
+    prefix: str,
+    train: tuple[Sequence[Any], Sequence[Any]],
+    validation: tuple[Sequence[Any], Sequence[Any]],
+) -> list[tuple[str, str, list[dict[str, Any]], list[str]]]:
+    """``(context, name, rows, targets)`` for the training and validation data of a fit (an
+    empty one is left out), named ``<prefix>-train`` and ``<prefix>-validation``."""
+    jobs = []
+    for context, suffix, (xs, ys) in (
+        ("training", "train", train),
+        ("validation", "validation", validation),
+    ):
+        rows, targets = dataset_rows(xs, ys)
+        if rows:
+            jobs.append((context, f"{prefix}-{suffix}", rows, targets))
+    return jobs
 
-    Uses ``mlflow.data.from_pandas`` (digest computed by MLflow from the content; source: the
-    code that ran the fit, as for any in-memory data frame) and the ``mlflow.data.context``
-    input tag (``training`` / ``validation``) that the run page's Datasets panel shows.
-    """
+
+def _dataset_inputs(
+    datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]],
+) -> list[Any]:
+    """MLflow ``DatasetInput`` entities of ``(context, name, rows, targets)`` data sets."""
     import mlflow.data
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
@@ -76,8 +96,40 @@ def log_datasets(
         inputs.append(
             DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         )
+    return inputs
+
+
+def log_datasets(
+    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
+) -> None:
+    """Log ``(context, name, rows, targets)`` data sets as the run's inputs.
+
+    Uses ``mlflow.data.from_pandas`` (digest computed by MLflow from the content; source: the
+    code that ran the fit, as for any in-memory data frame) and the ``mlflow.data.context``
+    input tag (``training`` / ``validation``) that the run page's Datasets panel shows.
+    """
+    inputs = _dataset_inputs(datasets)
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
+
+
+def missing_datasets(
+    client: Any, run_id: str, datasets: Sequence[tuple[str, str, list[dict[str, Any]], list[str]]]
+) -> list[str]:
+    """Names of the data sets that are not inputs of the run yet (same name and digest).
+
+    Why: after a request whose reply was lost, this tells whether the server stored it.
+    """
+    run = client.get_run(run_id)
+    have = {
+        (item.dataset.name, item.dataset.digest)
+        for item in (run.inputs.dataset_inputs if run.inputs is not None else [])
+    }
+    return [
+        entity.dataset.name
+        for entity in _dataset_inputs(datasets)
+        if (entity.dataset.name, entity.dataset.digest) not in have
+    ]
 
 
 def create_program_model(
