@@ -52,52 +52,55 @@ class Mutant:
 
 
 T = "promptfit/training/trainer.py"
+LOOP = "promptfit/training/loop.py"
 CB = "promptfit/callbacks/"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- the training loop -----------------------------------------------------------------
     Mutant(
         "epoch-loop-off-by-one",
-        T,
-        "while epoch < epochs and not self.stop_training:",
-        "while epoch <= epochs and not self.stop_training:",
+        LOOP,
+        "while epoch < state.epochs and not program.stop_training:",
+        "while epoch <= state.epochs and not program.stop_training:",
         ("tests/test_fit.py::test_random_few_shot_improves_reward",),
     ),
     Mutant(
         "initial-epoch-ignored",
         T,
+        "            requested_seed=requested_seed,\n            epochs=epochs,\n"
         "            epoch=initial_epoch,\n",
+        "            requested_seed=requested_seed,\n            epochs=epochs,\n"
         "            epoch=0,\n",
         ("tests/test_fit_loop.py::test_initial_epoch_continues_the_epoch_numbering_and_shuffle",),
     ),
     Mutant(
         "shuffle-ignores-the-epoch",
-        T,
+        LOOP,
         'random.Random(f"{state.seed}:{epoch}").shuffle(order)',
         'random.Random(f"{state.seed}").shuffle(order)',
         ("tests/test_fit_loop.py::test_initial_epoch_continues_the_epoch_numbering_and_shuffle",),
     ),
     Mutant(
         "validation-split-takes-the-head",
-        T,
-        "            xs, val_xs = xs[:-n_val], xs[-n_val:]\n"
-        "            ys, val_ys = ys[:-n_val], ys[-n_val:]\n",
-        "            xs, val_xs = xs[n_val:], xs[:n_val]\n"
-        "            ys, val_ys = ys[n_val:], ys[:n_val]\n",
+        "promptfit/training/data.py",
+        "        xs, val_xs = xs[:-n_val], xs[-n_val:]\n"
+        "        ys, val_ys = ys[:-n_val], ys[-n_val:]\n",
+        "        xs, val_xs = xs[n_val:], xs[:n_val]\n"
+        "        ys, val_ys = ys[n_val:], ys[:n_val]\n",
         ("tests/test_fit_loop.py::test_validation_split_takes_the_tail_before_shuffling",),
     ),
     Mutant(
         "validation-batch-size-ignored",
         T,
-        "val_batches = _batches(len(val_xs), val_batch_size)",
-        "val_batches = _batches(len(val_xs), batch_size)",
+        "val_batches = split_batches(len(val_xs), val_batch_size)",
+        "val_batches = split_batches(len(val_xs), batch_size)",
         ("tests/test_fit_loop.py::test_validation_batch_size_sets_the_validation_batches",),
     ),
     Mutant(
         "stop-training-ignored-mid-epoch",
-        T,
-        "                    if self.stop_training:\n                        break\n",
-        "                    if False:\n                        break\n",
+        LOOP,
+        "        if program.stop_training:\n            break\n",
+        "        if False:\n            break\n",
         (
             "tests/test_small_callbacks.py"
             "::test_budget_stopping_stops_at_the_batch_that_reaches_max_calls",
@@ -208,7 +211,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "retry-after-ignored",
-        "promptfit/language_models/language_model.py",
+        "promptfit/language_models/retrying.py",
         "        if asked is None:\n            return backoff\n",
         "        if True:\n            return backoff\n",
         ("tests/test_language_model.py::test_retry_after_is_honoured",),
