@@ -62,17 +62,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 
-# (importer, imported) -> why the upward import is allowed for now.
-KNOWN_UPWARD_IMPORTS: dict[tuple[str, str], str] = {
-    # issue 12, item 4 (ProgramCheckpoint retention moves into checkpoints/): the manifest
-    # infers min/max for a monitored key with the callbacks' helper; the retention work moves
-    # that rule below callbacks. Delete this line when it is gone.
-    ("promptfit.checkpoints.manifest", "promptfit.callbacks._monitoring"): "infer_mode",
-    # issue 12, item 3 (the trainer's fit context): compile() checks isinstance(optimizer,
-    # Optimizer) with a lazy import of the optimizers layer. Delete when trainer.py no longer
-    # imports promptfit.optimizers.
-    ("promptfit.training.trainer", "promptfit.optimizers.optimizer"): "compile's type check",
-}
+# (importer, imported) -> why the upward import is allowed for now. None today; a new one is
+# listed here with its reason and the issue that removes it, never silently.
+KNOWN_UPWARD_IMPORTS: dict[tuple[str, str], str] = {}
 
 # Import cycles (as sets of modules) allowed for now. None today; when a merge brings one back,
 # list it here with the issue that breaks it, never silently.

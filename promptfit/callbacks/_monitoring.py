@@ -13,44 +13,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from promptfit.errors import ConfigurationError, MonitorKeyError
+from promptfit.metrics.direction import MAX_WORDS, MIN_WORDS, Direction, infer_mode
 
 __all__ = ["MAX_WORDS", "MIN_WORDS", "MODES", "MetricWatcher", "infer_mode"]
 
 MODES = ("auto", "min", "max")
-
-#: Substrings of a log key (after stripping ``val_``) meaning "higher is better".
-MAX_WORDS = ("reward", "score", "accuracy", "acc", "f1", "precision", "recall", "auc")
-#: Substrings of a log key (after stripping ``val_``) meaning "lower is better".
-MIN_WORDS = ("loss", "cost", "tokens", "calls", "latency", "failed", "error")
-
-Direction = Literal["min", "max"]
-
-
-def infer_mode(monitor: str) -> Direction | None:
-    """The direction implied by a log key's name, or ``None`` when the name does not tell.
-
-    A ``val_`` prefix is ignored. A name matching words of both lists (``"recalls"`` contains
-    both ``recall`` and ``calls``) is ambiguous and gives ``None`` too: guessing the direction
-    of a stopping or checkpointing rule is worse than asking for it.
-
-    Example:
-        ```python
-        from promptfit.callbacks._monitoring import infer_mode
-
-        assert infer_mode("val_reward") == "max"
-        assert infer_mode("failed_calls") == "min"
-        assert infer_mode("exact_match") is None
-        ```
-    """
-    name = monitor.lower().removeprefix("val_")
-    is_max = any(word in name for word in MAX_WORDS)
-    is_min = any(word in name for word in MIN_WORDS)
-    if is_max == is_min:
-        return None
-    return "max" if is_max else "min"
 
 
 def _check_number(name: str, value: Any, owner: str) -> float:

@@ -41,6 +41,7 @@ from typing import Any
 
 from promptfit.checkpoints.retention import best_entry
 from promptfit.errors import CheckpointError, ConfigurationError
+from promptfit.metrics.direction import infer_mode
 from promptfit.saving.atomic import atomic_write_json
 from promptfit.saving.documents import DocumentError, parse_document, read_regular_file
 from promptfit.saving.paths import PathEscapeError, contained_path
@@ -326,8 +327,6 @@ class CheckpointManifest:
                 None,
             )
         if mode is None:
-            from promptfit.callbacks._monitoring import infer_mode
-
             mode = infer_mode(monitor)
             if mode is None:
                 raise ConfigurationError(

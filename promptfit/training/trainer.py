@@ -51,6 +51,17 @@ __all__ = ["BatchOutcome", "Trainer"]
 
 Verbose = Literal["auto", 0, 1, 2] | int | str
 
+# What fit calls on an optimizer (the pf.optimizers.Optimizer interface).
+_OPTIMIZER_HOOKS = (
+    "build",
+    "on_batch_end",
+    "on_epoch_end",
+    "on_validation_end",
+    "state_dict",
+    "load_state_dict",
+    "get_config",
+)
+
 
 def _check_batch_size(batch_size: int | None) -> int:
     return check_optional_batch_size("batch_size", batch_size, 32)
@@ -111,13 +122,15 @@ class Trainer:
                 ``"record"`` scores the example 0 and logs one warning per reward. A value
                 outside [0, 1] or not a number is always a ``RewardError``.
         """
-        from promptfit.optimizers.optimizer import Optimizer
-
         if reward is None:
             raise ConfigurationError("compile() needs a `reward`, e.g. pf.rewards.ExactMatch().")
         self.reward = get_reward(reward)
         self.reward_errors = check_reward_errors(reward_errors)
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
+        # Checked by what fit calls, not by class: training sits below optimizers in the
+        # package layers (docs/concepts/architecture.md), so it never imports them.
+        if optimizer is not None and not all(
+            callable(getattr(optimizer, hook, None)) for hook in _OPTIMIZER_HOOKS
+        ):
             raise ConfigurationError(
                 f"`optimizer` must be a pf.optimizers.Optimizer, got {type(optimizer).__name__}."
             )
