@@ -165,6 +165,10 @@ BAD_BACKUPS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("history epoch string", _set(["@History", "epoch"], "abc")),
     ("optimizer not an object", _set(["optimizer"], "x")),
     ("optimizer rng garbage", _set(["optimizer", "rng"], [1, 2])),
+    # Found by test_fuzz_files on a fresh venv: a null counter crashed the resumed search
+    # after its first LM calls instead of refusing the backup.
+    ("optimizer calls_measured null", _set(["optimizer", "calls_measured"], None)),
+    ("optimizer examples_measured -1", _set(["optimizer", "examples_measured"], -1)),
     ("callbacks not objects", _set(["callbacks"], {"1:CSVLogger": []})),
     ("variables not an object", _set(["variables"], [])),
     ("variable of the wrong shape", _set(["variables", "answer/examples"], "no")),

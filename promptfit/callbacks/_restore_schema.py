@@ -173,6 +173,10 @@ class PopulationMember(_Model):
 class PopulationState(OptimizerState):
     population: list[PopulationMember] = []
     moves: Count = 0
+    # The budget's bookkeeping: a resumed search divides and compares these at once.
+    calls_start: Count = 0
+    calls_measured: Count = 0
+    examples_measured: Count = 0
 
 
 class Demonstration(_Model):
