@@ -21,6 +21,7 @@ from promptfit.errors import ConfigurationError
 from promptfit.language_models.language_model import LanguageModel
 from promptfit.optimizers.demonstrations import add_demo, demo_key, label_demo, sample_diverse
 from promptfit.optimizers.optimizer import PopulationOptimizer
+from promptfit.training.arguments import check_int
 from promptfit.variables.overrides import override_language_model
 
 if TYPE_CHECKING:
@@ -108,19 +109,14 @@ class BootstrapFewShot(PopulationOptimizer):
         )
         from promptfit.programs.program import Program
 
-        for name, value in (
-            ("max_bootstrapped_demos", max_bootstrapped_demos),
-            ("max_labeled_demos", max_labeled_demos),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        check_int("max_bootstrapped_demos", max_bootstrapped_demos, minimum=0)
+        check_int("max_labeled_demos", max_labeled_demos, minimum=0)
         if max_bootstrapped_demos == 0 and max_labeled_demos == 0:
             raise ConfigurationError(
                 "`max_bootstrapped_demos` and `max_labeled_demos` are both 0: there would be "
                 "no demonstrations to search; set at least one of them above 0."
             )
-        if not isinstance(max_pool, int) or max_pool < 1:
-            raise ConfigurationError(f"`max_pool` must be a positive integer, got {max_pool!r}.")
+        check_int("max_pool", max_pool, minimum=1)
         if teacher is not None and not isinstance(teacher, LanguageModel | Program):
             raise ConfigurationError(
                 "`teacher` must be None, a pf.LanguageModel or a pf.Program, got "
