@@ -95,20 +95,14 @@ def send_params(up: RunUploader, client: Any) -> None:
 def _send_one_by_one(
     up: RunUploader, client: Any, params: list[tuple[str, str]], tags: list[tuple[str, str]]
 ) -> None:
-    for key, value in params:
-        try:
-            client.log_param(up.run_id, key, value)
-        except Exception as exc:
-            if not is_permanent(exc):
-                raise
-            logger.debug("MLflow rejected param %r: %s", key, exc)
-    for key, value in tags:
-        try:
-            client.set_tag(up.run_id, key, value)
-        except Exception as exc:
-            if not is_permanent(exc):
-                raise
-            logger.debug("MLflow rejected tag %r: %s", key, exc)
+    for kind, items, send in (("param", params, client.log_param), ("tag", tags, client.set_tag)):
+        for key, value in items:
+            try:
+                send(up.run_id, key, value)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                logger.debug("MLflow rejected %s %r: %s", kind, key, exc)
 
 
 def send_metrics(up: RunUploader, client: Any) -> None:
