@@ -453,6 +453,33 @@ def test_a_dead_replica_fails_over_without_losing_a_call(
     assert lm.usage.completion_tokens == single.usage.completion_tokens
 
 
+def test_a_dead_replica_cools_down_instead_of_being_tried_first_by_every_request(
+    llm_server: FakeLLMServer, lm_transport: str
+) -> None:
+    """A dead replica fails fast, so it always has the fewest requests in flight: without a
+    cooldown, every other request was sent to it first (16 sequential questions, 8 refused
+    connections). With it, the dead replica is tried once per cooldown window."""
+    llm_server.reset()
+    lm = _replica_lm(
+        ["http://127.0.0.1:9/v1", llm_server.base_url], lm_transport, f"cool-{lm_transport}"
+    )
+    gen = _gen(lm)
+
+    async def run() -> float:
+        started = time.monotonic()
+        for i in range(16):
+            result = await lm.generate(_messages(gen, f"What is {i} + 1?"), Answer)
+            assert result.value is not None, result.error
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    assert llm_server.stats()["requests"] == 16
+    dead_tries = lm.usage.calls - 16
+    # One try, then one more per expired cooldown (1 s, then 2 s, 4 s ...).
+    assert 1 <= dead_tries <= 1 + int(elapsed), (dead_tries, elapsed)
+    assert lm.usage.failed_calls == 0
+
+
 @pytest.fixture(scope="module")
 def one_slot_server() -> Iterator[FakeLLMServer]:
     """A slow replica: it serves one request at a time (the rest wait in its queue)."""

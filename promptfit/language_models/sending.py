@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,13 +39,36 @@ def new_semaphore(value: int) -> anyio.Semaphore:
         return anyio.Semaphore(value)
 
 
+#: Seconds a replica that failed transiently is tried only after the others; doubled on each
+#: further failure in a row, up to :data:`REPLICA_COOLDOWN_MAX`, and reset by a success.
+REPLICA_COOLDOWN = 1.0
+REPLICA_COOLDOWN_MAX = 30.0
+
+
 @dataclass(slots=True)
 class Replica:
-    """One replica of a model: its URL, its lean-path client, and its requests in flight."""
+    """One replica of a model: its URL, its lean-path client, its requests in flight, and its
+    cooldown after transient failures (so that a dead replica is not tried first by every
+    request: it has the fewest requests in flight, because it fails fast)."""
 
     base: str
     http: _http.HTTPTransport | None
     in_flight: int = 0
+    failures: int = 0
+    cooling_until: float = 0.0
+
+    def cooling(self, now: float) -> float:
+        """Seconds left of this replica's cooldown (0 when it is in service)."""
+        return max(0.0, self.cooling_until - now)
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        delay = min(REPLICA_COOLDOWN_MAX, REPLICA_COOLDOWN * 2 ** (self.failures - 1))
+        self.cooling_until = now + delay
+
+    def answered(self) -> None:
+        self.failures = 0
+        self.cooling_until = 0.0
 
 
 class Sending:
@@ -194,6 +218,11 @@ class Sending:
         prompt mix, a busy engine) would keep its share queued while the others sat idle;
         choosing on a free slot makes each replica pull work at the pace it answers.
 
+        A replica that just failed transiently cools down (1 s, doubling while it keeps
+        failing, at most 30 s): until then it is tried only after every replica in service,
+        so a dead replica costs one failed request per cooldown instead of one per request.
+        A success ends the cooldown.
+
         Every replica is tried at most once per attempt; when all failed transiently, the last
         error goes to the usual retry-with-backoff. A format refusal is not failed over (the
         replicas run the same server: the negotiation steps down instead).
@@ -205,9 +234,14 @@ class Sending:
         any_slot, slots = self._replica_slots()
         async with any_slot:
             while True:
+                now = time.monotonic()
                 index = min(
                     (i for i in range(len(replicas)) if i not in tried),
-                    key=lambda i: (replicas[i].in_flight, (i - start) % len(replicas)),
+                    key=lambda i: (
+                        replicas[i].cooling(now),
+                        replicas[i].in_flight,
+                        (i - start) % len(replicas),
+                    ),
                 )
                 tried.add(index)
                 replica = replicas[index]
@@ -225,11 +259,12 @@ class Sending:
                                 )
                         except Exception as exc:
                             add_usage(self, calls=1)
-                            if (
-                                len(tried) < len(replicas)
-                                and _is_transient(exc)
-                                and not is_format_refusal(exc, mode_of(request))
-                            ):
+                            transient = _is_transient(exc) and not is_format_refusal(
+                                exc, mode_of(request)
+                            )
+                            if transient:
+                                replica.failed(time.monotonic())
+                            if transient and len(tried) < len(replicas):
                                 logger.debug(
                                     "%s: replica %s failed (%s); failing over.",
                                     self.name,
@@ -240,6 +275,7 @@ class Sending:
                             raise
                 finally:
                     replica.in_flight -= 1
+                replica.answered()
                 break
         if reply is not None:
             return self._litellm_reply(reply, request, output_model)
