@@ -77,6 +77,18 @@ class Recorder(Callback):
     def on_train_end(self, logs=None):
         self._note("train_end")
 
+    def on_predict_begin(self, logs=None):
+        self._note("predict_begin")
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._note("predict_batch_begin", batch)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._note("predict_batch_end", batch)
+
+    def on_predict_end(self, logs=None):
+        self._note("predict_end")
+
 
 def test_the_context_is_set_for_the_run_and_cleared_after(calc_program):
     recorder = Recorder()
@@ -121,6 +133,21 @@ def test_the_context_is_set_for_the_run_and_cleared_after(calc_program):
         ("test_end", "RunContext", 2),
     ]
     assert evaluating.context is None
+
+    # So does predict (no targets): before, its hooks ran with no context at all.
+    predicting = Recorder()
+    asyncio.run(program.predict(x[:5], batch_size=2, verbose=0, callbacks=[predicting]))
+    assert [(hook, kind, step, size) for hook, kind, _, step, size in predicting.seen] == [
+        ("predict_begin", "RunContext", 0, None),
+        ("predict_batch_begin", "RunContext", 0, None),
+        ("predict_batch_end", "RunContext", 1, 2),
+        ("predict_batch_begin", "RunContext", 1, 2),
+        ("predict_batch_end", "RunContext", 2, 2),
+        ("predict_batch_begin", "RunContext", 2, 2),
+        ("predict_batch_end", "RunContext", 3, 1),
+        ("predict_end", "RunContext", 3, 1),
+    ]
+    assert predicting.context is None
 
 
 def test_the_context_holds_the_runs_objects_and_is_cleared_after_a_crash(calc_program):

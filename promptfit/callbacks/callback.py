@@ -46,7 +46,8 @@ class Callback:
             epoch too --, ``last_batch``, the data, ``history``, ``optimizer``, the
             ``callbacks``, the resumable ``progress``), or a
             :class:`~promptfit.training.context.RunContext` from ``on_test_begin`` through
-            ``on_test_end`` of an ``evaluate``. Set by
+            ``on_test_end`` of an ``evaluate`` (``on_predict_begin`` through
+            ``on_predict_end`` of a ``predict``, with no targets). Set by
             :class:`~promptfit.callbacks.CallbackList`; read it in a hook, do not keep it.
 
     Callbacks whose progress must survive a crash implement :meth:`state_dict` and

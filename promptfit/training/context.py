@@ -37,14 +37,15 @@ __all__ = ["FitContext", "FitParams", "RunContext"]
 
 @dataclass(eq=False, kw_only=True)
 class RunContext:
-    """What every run (``evaluate``, or ``fit`` through :class:`FitContext`) tells callbacks.
+    """What every run (``evaluate``, ``predict``, or ``fit`` through :class:`FitContext`)
+    tells callbacks.
 
     Attributes:
         program: The program being run.
         callbacks: The run's callback list (every callback of the run, defaults included).
         params: The run's parameters (as ``Callback.params``).
         xs: The run's inputs (the training inputs in ``fit``).
-        ys: The run's targets.
+        ys: The run's targets (empty in ``predict``).
         step: Batches completed so far (in ``fit``: in the current epoch).
         last_batch: The latest batch (in ``fit``: training batch) once it is scored: valid in
             ``on_train_batch_end``/``on_test_batch_end`` and after.

@@ -243,18 +243,19 @@ class Trainer:
         check_callbacks(callbacks)
         rows = read_x(self._program, x)
         batches = split_batches(len(rows), batch_size)
-        cbs = self._callbacks(
-            _with_progbar(callbacks, verbose, "predict"),
-            {"steps": len(batches), "batch_size": batch_size, "verbose": verbose},
-        )
-        await cbs.call("on_predict_begin", {})
+        params = {"steps": len(batches), "batch_size": batch_size, "verbose": verbose}
+        cbs = self._callbacks(_with_progbar(callbacks, verbose, "predict"), params)
+        context = RunContext(program=self._program, callbacks=cbs, params=params, xs=rows)
         outputs: list[Any] = []
-        for step, indices in enumerate(batches):
-            await cbs.call("on_predict_batch_begin", step, {})
-            outcome = await self.predict_on_batch([rows[i] for i in indices])
-            outputs.extend(outcome.predictions)
-            await cbs.call("on_predict_batch_end", step, {"outputs": outcome.predictions})
-        await cbs.call("on_predict_end", {})
+        with cbs.running(context):
+            await cbs.call("on_predict_begin", {})
+            for step, indices in enumerate(batches):
+                await cbs.call("on_predict_batch_begin", step, {})
+                outcome = await self.predict_on_batch([rows[i] for i in indices])
+                outputs.extend(outcome.predictions)
+                context.step, context.last_batch = step + 1, outcome
+                await cbs.call("on_predict_batch_end", step, {"outputs": outcome.predictions})
+            await cbs.call("on_predict_end", {})
         return outputs
 
     # -- evaluate ------------------------------------------------------------------------
