@@ -167,6 +167,11 @@ class BackupAndRestore(Callback):
         self._lock.acquire()
         found = self._read_backup()
         if found is None:
+            # A backup of the starting point, before any LM call: it records the fit's run id,
+            # under which the response cache files every reply this fit pays for. Without it, a
+            # crash before the first epoch (or batch) backup resumed under a new run id, and the
+            # replies paid before the crash counted as cache hits instead of the calls they were.
+            self._save()
             return
         path, raw, payload = found
         saved = payload["fit_state"]
