@@ -52,7 +52,8 @@ class BackupAndRestore(Callback):
 
     LM calls cost money and time, so losing hours of training to an out-of-memory kill, a
     network outage or a pre-empted machine is expensive. This callback writes a *backup* of
-    everything ``fit`` needs to continue -- variables, optimizer state (its RNG included),
+    everything ``fit`` needs to continue (once as the fit starts, before any LM call, then at
+    every ``save_freq``) -- variables, optimizer state (its RNG included),
     epoch and batch position, the running epoch accumulators and metric states, LM usage
     counters, and the ``state_dict()`` of every other callback (so :class:`History` keeps
     all epochs, early stopping keeps its patience counter, a CSV log gets no duplicate rows,
