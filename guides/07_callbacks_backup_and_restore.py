@@ -11,8 +11,10 @@ more completely:
   counters, and the ``state_dict()`` of every other callback. ``History`` keeps all its epochs,
   ``EarlyStopping`` its patience counter, ``CSVLogger`` writes no duplicate rows, a ``Monitor``
   continues the same MLflow run.
-* **When**: every epoch (``save_freq="epoch"``) or every N batches (``save_freq=N``), so a crash
-  loses at most N batches of LM calls.
+* **When**: once as the fit starts (before any LM call, so a crash in the first epoch resumes
+  the same run), then every epoch (``save_freq="epoch"``) or every N batches (``save_freq=N``),
+  so a crash loses at most N batches of LM calls (and the on-disk response cache gives those
+  back without paying again).
 * **How**: atomically (temporary file, fsync, rename), so even a SIGKILL mid-write leaves the
   previous complete backup. ``double_checkpoint=True`` also keeps the one before it.
 * **Resuming** is just calling the same ``fit`` again with a ``BackupAndRestore`` on the same

@@ -236,9 +236,19 @@ def main(argv: list[str] | None = None) -> int:
         # A missing extra, a crashing native library, a refused key: the message says what
         # to do, and a traceback would only bury it. Concurrent work raises them in groups.
         found = _first_of(error, PromptfitError)
-        if found is None:
+        if found is not None:
+            print(f"\npromptfit quickstart failed: {found}", file=sys.stderr)
+            return 1
+        # The output directory cannot be created or written (a file in the way, no permission,
+        # a full disk): say which, not where in promptfit it was noticed.
+        disk = _first_of(error, OSError)
+        if disk is None:
             raise
-        print(f"\npromptfit quickstart failed: {found}", file=sys.stderr)
+        print(
+            f"\npromptfit quickstart failed: {disk}. If that is the output directory, pass --out "
+            f"a directory you can write to (now {args.out!r}).",
+            file=sys.stderr,
+        )
         return 1
     _print_summary(summary)
     return 0

@@ -47,10 +47,18 @@ def main() -> int:
     extras = [e.strip() for e in args.extras.split(",") if e.strip()]
     pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
     native = _native_build() if "local" in extras else None
-    if native is not None:
-        native.ensure_portable_llama_cpp(force=args.force_rebuild)
     target = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
-    subprocess.run([*pip, "--quiet", "-e", target], check=True)
+    try:
+        if native is not None:
+            native.ensure_portable_llama_cpp(force=args.force_rebuild)
+        subprocess.run([*pip, "--quiet", "-e", target], check=True)
+    except (subprocess.CalledProcessError, OSError) as error:
+        # pip has printed its reason; a traceback would only bury it.
+        if native is not None:
+            print(f"\ninstall.py failed. {native.pip_failure_message(error)}", file=sys.stderr)
+        else:
+            print(f"\ninstall.py failed: {error}", file=sys.stderr)
+        return 1
     if native is None:
         return 0
     # The check the library itself runs before its first in-process load, done now so that a
@@ -63,7 +71,9 @@ def main() -> int:
     ]
     done = subprocess.run(probe, capture_output=True, text=True)
     if done.returncode != 0:
-        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"the check process exited with {done.returncode}"
+        print(reason, file=sys.stderr)
         return 1
     print("The embedded model loads and decodes on this machine.")
     return 0

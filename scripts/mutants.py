@@ -146,9 +146,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "backup-not-restored",
         CB + "backup_and_restore.py",
-        "        found = self._read_backup()\n        if found is None:\n            return\n",
-        "        found = self._read_backup()\n        if True:\n            return\n",
+        "        found = self._read_backup()\n        if found is None:\n",
+        "        found = self._read_backup()\n        if True:\n",
         ("tests/test_backup_and_restore.py::test_integer_save_freq_resumes_mid_epoch",),
+    ),
+    Mutant(
+        "no-backup-before-the-first-lm-call",
+        CB + "backup_and_restore.py",
+        "instead of the calls they were.\n            self._save()\n",
+        "instead of the calls they were.\n",
+        (
+            "tests/test_sigkill_random.py::"
+            "test_a_kill_before_the_first_epoch_ends_counts_its_paid_calls_once",
+        ),
     ),
     Mutant(
         "csv-drops-a-column",

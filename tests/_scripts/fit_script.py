@@ -9,7 +9,7 @@ Usage::
 
     python tests/_scripts/fit_script.py BASE_URL WORKDIR [--save-freq epoch|N]
         [--epochs 6] [--latency-ms 20] [--seed 7] [--double-checkpoint]
-        [--optimizer random|bootstrap]
+        [--optimizer random|bootstrap] [--keep-backup]
 
 or, to pay the slow ``import promptfit`` once for many runs, as a fork server::
 
@@ -121,6 +121,7 @@ async def run(
     double_checkpoint: bool = False,
     use_backup: bool = True,
     optimizer: str = "random",
+    keep_backup: bool = False,
 ) -> dict[str, Any]:
     """Train once and write (and return) ``WORKDIR/result.json``."""
     workdir = Path(workdir)
@@ -135,7 +136,10 @@ async def run(
         callbacks.insert(
             0,
             BackupAndRestore(
-                workdir / "backup", save_freq=save_freq, double_checkpoint=double_checkpoint
+                workdir / "backup",
+                save_freq=save_freq,
+                double_checkpoint=double_checkpoint,
+                delete_checkpoint=not keep_backup,
             ),
         )
     history = await program.fit(
@@ -171,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--double-checkpoint", action="store_true")
     parser.add_argument("--optimizer", choices=["random", "bootstrap"], default="random")
+    # Keep the final backup: a run killed after its fit ended (before result.json is written)
+    # is then run again from the finished state instead of as a new fit.
+    parser.add_argument("--keep-backup", action="store_true")
     args = parser.parse_args(argv)
     save_freq: str | int = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
     asyncio.run(
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             double_checkpoint=args.double_checkpoint,
             optimizer=args.optimizer,
+            keep_backup=args.keep_backup,
         )
     )
     print(json.dumps({"done": True}), flush=True)
