@@ -12,7 +12,7 @@ import os
 from typing import Any, Literal, get_args
 
 from promptfit.errors import ConfigurationError, LMConfigurationError
-from promptfit.language_models._litellm import get_litellm
+from promptfit.language_models._litellm import authenticating_provider, get_litellm
 from promptfit.language_models.structured import MODES, StructuredOutput, server_message
 
 __all__ = [
@@ -104,6 +104,8 @@ def check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any]
             of the run would fail the same way).
     """
     provider = litellm_kwargs.get("custom_llm_provider")
+    if authenticating_provider(model, provider if isinstance(provider, str) else None):
+        return  # resolving it would start the provider's login flow (see authenticating_provider)
     try:
         get_litellm().get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
     except Exception as exc:
