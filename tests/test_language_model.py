@@ -195,6 +195,10 @@ def test_config_never_contains_the_key(make_lm: Callable[..., pf.LanguageModel])
         ({"max_concurrency": "8"}, r"max_concurrency.*pass max_concurrency=8"),
         ({"max_concurrency": True}, "max_concurrency"),
         ({"cache": 123}, "cache.*True, False or a file path"),
+        # Found by the program-file fuzzer: "" (the working directory) only warned at the
+        # first call.
+        ({"cache": ""}, "cache.*an empty path"),
+        ({"cache": "."}, "cache.*a directory"),
         ({"timeout": -1}, r"timeout.*> 0"),
         ({"timeout": "60"}, "timeout"),
         ({"max_tokens": 0}, "max_tokens"),

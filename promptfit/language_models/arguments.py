@@ -80,6 +80,16 @@ def check_arguments(
         raise ConfigurationError(
             f"`cache` must be True, False or a file path for a persistent cache, got {cache!r}."
         )
+    if not isinstance(cache, bool):
+        # An empty path or a directory would only fail (and warn) at the first call; say so
+        # now, with the fix. "" in particular is the working directory itself.
+        text = os.fspath(cache)
+        if not isinstance(text, str) or not text.strip() or os.path.isdir(text):
+            raise ConfigurationError(
+                f"`cache` must be the path of a database file, got {cache!r} "
+                f"({'a directory' if text and os.path.isdir(text) else 'an empty path'}); e.g. "
+                "cache='lm_cache.sqlite', or cache=True for promptfit's shared cache."
+            )
     if structured_output not in STRUCTURED_OUTPUTS:
         raise ConfigurationError(
             f"`structured_output` must be one of {', '.join(map(repr, STRUCTURED_OUTPUTS))}, "
