@@ -384,3 +384,29 @@ def test_a_cache_path_through_a_symlink_out_of_the_cwd_is_refused(
     check_file_language_model({**config, "cache": "inside/c.sqlite"}, frozenset())
     with pytest.raises(UnsafeFileError, match="response cache"):
         check_file_language_model({**config, "cache": "link/c.sqlite"}, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"version": True}, "invalid format version True"),
+        ({"version": -1}, "invalid format version -1"),
+        ({"variables": [1]}, "no 'variables' object"),
+        ({"format": "promptfit.backup"}, "not a promptfit.variables file"),
+    ],
+)
+def test_a_damaged_variables_file_names_its_problem(
+    make_lm: Callable[..., pf.LanguageModel], tmp_path: Path, edit: dict[str, Any], match: str
+) -> None:
+    """load_variables falls back to reading a program file; a variables file with a bad version
+    was reported as "not a promptfit.program file", hiding what was wrong."""
+    inputs = pf.Input(data_model=Query)
+    lm = make_lm("arith")
+    outputs = asyncio.run(pf.Generator(data_model=Answer, language_model=lm, name="g")(inputs))
+    program = pf.Program(inputs=inputs, outputs=outputs, name="p")
+    path = program.save_variables(tmp_path / "v.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(SerializationError, match=match):
+        program.load_variables(path)
+    program.save(tmp_path / "p.json")
+    program.load_variables(tmp_path / "p.json")  # a program file still works
