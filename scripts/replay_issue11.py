@@ -390,6 +390,26 @@ def _two_processes() -> str:
     )
 
 
+@case(3, "(audit) a symlink planted as the backup dir's lock file", pf.errors.CheckpointError)
+def _lock_symlink() -> None:
+    directory = fresh_dir("lock") / "b"
+    directory.mkdir()
+    victim = directory.parent / "victim.txt"
+    victim.write_text("precious")
+    (directory / ".promptfit.lock").symlink_to(victim)
+
+    async def go() -> None:
+        prog = await program()
+        x, y = data(2)
+        await prog.fit(x, y, epochs=1, verbose=0, callbacks=[BackupAndRestore(directory)])
+
+    try:
+        asyncio.run(go())
+    finally:
+        if victim.read_text() != "precious":
+            raise AssertionError("the link's target was written")
+
+
 @case(3, "two fits in one process on one backup dir", pf.errors.BackupLockedError)
 def _two_fits_one_process() -> None:
     directory = fresh_dir("lock") / "b"
@@ -574,7 +594,13 @@ BACKUP_EDITS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("optimizer calls_measured null", _set("optimizer", "calls_measured", value=None)),
     ("variables of the wrong shape", _set("variables", "answer/examples", value="no")),
     ("ProgramCheckpoint saved ['../x.json']", _set("@ProgramCheckpoint", "saved", value=["../x"])),
-]
+    # Found by the audit: values a fit installs or returns only later.
+    ("(audit) EarlyStopping best_variables of the wrong shape",
+     _set("@EarlyStopping", "best_variables", value={"answer/prompt": "no"})),
+    ("(audit) History reward 'x'", _set("@History", "history", "reward", value=["x"])),
+    ("(audit) optimizer epoch_incumbents garbage",
+     _set("optimizer", "epoch_incumbents", value={"k": {"answer/prompt": 5}})),
+]  # fmt: skip
 
 
 def _backup_case(edit: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
@@ -763,7 +789,10 @@ FIT_ARGS: list[tuple[str, dict[str, Any]]] = [
     ("y rows of {}", {"y": [{}] * 4}),
     ("misspelled field in x", {"x": [{"question": "1+1", "qestion": "typo"}] * 4}),
     ("lone surrogate in x", {"x": [{"question": "bad \ud800"}] * 4}),
-]
+    ("(audit) one callback instance twice", {"callbacks": [pf.callbacks.History()] * 2}),
+    ("(audit) two BackupAndRestore",
+     {"callbacks": [BackupAndRestore("b1"), BackupAndRestore("b2")]}),
+]  # fmt: skip
 for _name, _kwargs in FIT_ARGS:
     CASES.append((10, f"fit({_name})", Expect(PromptfitError), _fit_case(**_kwargs)))
 
@@ -778,6 +807,7 @@ for _name, _fn in [
     ("LanguageModel(timeout=-1)", lambda: pf.LanguageModel("openai/x", timeout=-1)),
     ('LanguageModel(model="nonsense")', lambda: pf.LanguageModel("nonsense")),
     ('RandomFewShot(k="4")', lambda: pf.optimizers.RandomFewShot(k="4")),
+    ('(audit) LanguageModel(cache="")', lambda: pf.LanguageModel("openai/x", cache="")),
     ("evaluate([], [])", lambda: asyncio.run(asyncio.run(program()).evaluate([], [], verbose=0))),
 ]:  # fmt: skip
     CASES.append((10, _name, Expect(PromptfitError), _call(_fn)))
