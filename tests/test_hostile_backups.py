@@ -157,6 +157,7 @@ BAD_BACKUPS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("CSV header of other columns", _set(["@CSVLogger", "header"], ["a", "b", "c"])),
     ("CSV header reordered", _set(["@CSVLogger", "header"], ["reward", "epoch"])),
     ("metric renamed", _set(["metrics", "accuracy", "name"], "evil")),
+    ("metric mask changed", _set(["metrics", "accuracy", "in_mask"], ["question"])),
     ("metric count string", _set(["metrics", "accuracy", "count"], "7")),
     ("f1 counts negative", _set(["metrics", "f1_score", "tp"], {"a": -1})),
     ("checkpoint saved ../x", _set(["@ProgramCheckpoint", "saved"], ["../x.json"])),
