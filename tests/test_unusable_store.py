@@ -57,9 +57,12 @@ def _breakers() -> dict[str, Callable[[Path], None]]:
         if os.geteuid() != 0:
             path.chmod(0o444)
             path.parent.chmod(0o555)
-        elif shutil.which("chattr") is None or subprocess.run(
-            ["chattr", "+i", str(path)], capture_output=True, check=False
-        ).returncode:
+        elif (
+            shutil.which("chattr") is None
+            or subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True, check=False
+            ).returncode
+        ):
             pytest.skip("root without chattr +i cannot make a file read-only")
 
     return {
