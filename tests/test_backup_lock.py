@@ -119,6 +119,17 @@ def test_a_symlink_planted_as_the_lock_file_is_not_followed(tmp_path: Path) -> N
     (backup_dir / LOCK).symlink_to(victim)
     from promptfit.callbacks._dir_lock import DirectoryLock
 
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"symbolic link.*Delete it"):
         DirectoryLock(backup_dir, "test").acquire()
     assert victim.read_text() == "precious"
+
+
+def test_a_backup_dir_that_cannot_be_created_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A raw OSError before; now a typed error naming the directory (as root too: nothing can
+    create a directory under a regular file)."""
+    from promptfit.callbacks._dir_lock import DirectoryLock
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot create the directory"):
+        DirectoryLock(blocker / "backup", "BackupAndRestore").acquire()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import promptfit as pf
+from promptfit.callbacks.backup_and_restore import BackupAndRestore
 from promptfit.errors import ConfigurationError, DataError, PromptfitError
 from tests.conftest import arithmetic_data
 
@@ -34,6 +35,13 @@ def _calls(program: pf.Program) -> int:
         ({"verbose": True}, ConfigurationError, "verbose"),
         ({"callbacks": pf.callbacks.CSVLogger("never.csv")}, ConfigurationError, r"callbacks=\["),
         ({"callbacks": ["not a callback"]}, ConfigurationError, "callbacks"),
+        # Found in the issue 11 audit: one instance twice logged every epoch twice.
+        ({"callbacks": [pf.callbacks.History()] * 2}, ConfigurationError, "same History"),
+        (
+            {"callbacks": [BackupAndRestore("b1"), BackupAndRestore("b2")]},
+            ConfigurationError,
+            "2 BackupAndRestore",
+        ),
         ({"epochs": True}, ConfigurationError, "epochs"),
         ({"epochs": 2.0}, ConfigurationError, "epochs"),
         ({"batch_size": True}, ConfigurationError, "batch_size"),

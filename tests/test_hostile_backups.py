@@ -157,6 +157,7 @@ BAD_BACKUPS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("CSV header of other columns", _set(["@CSVLogger", "header"], ["a", "b", "c"])),
     ("CSV header reordered", _set(["@CSVLogger", "header"], ["reward", "epoch"])),
     ("metric renamed", _set(["metrics", "accuracy", "name"], "evil")),
+    ("metric mask changed", _set(["metrics", "accuracy", "in_mask"], ["question"])),
     ("metric count string", _set(["metrics", "accuracy", "count"], "7")),
     ("f1 counts negative", _set(["metrics", "f1_score", "tp"], {"a": -1})),
     ("checkpoint saved ../x", _set(["@ProgramCheckpoint", "saved"], ["../x.json"])),
@@ -172,7 +173,22 @@ BAD_BACKUPS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("callbacks not objects", _set(["callbacks"], {"1:CSVLogger": []})),
     ("variables not an object", _set(["variables"], [])),
     ("variable of the wrong shape", _set(["variables", "answer/examples"], "no")),
-]
+    # Found in the issue 11 audit: values installed or returned only at the end of a fit.
+    ("EarlyStopping best_variables wrong shape", _set(["@EarlyStopping", "best_variables"],
+                                                      {"answer/prompt": "no"})),
+    ("EarlyStopping best_variables unknown", _set(["@EarlyStopping", "best_variables"],
+                                                  {"evil/x": {}})),
+    ("History reward 'x'", _set(["@History", "history", "reward"], ["x"])),
+    ("History column longer than its epochs", _set(["@History", "history", "reward"],
+                                                   [1.0, 2.0, 3.0])),
+    ("optimizer validated garbage", _set(["optimizer", "validated"],
+                                         {"k": {"variables": {"answer/prompt": "no"},
+                                                "val_reward": 1.0}})),
+    ("optimizer epoch_incumbents garbage", _set(["optimizer", "epoch_incumbents"],
+                                                {"k": {"answer/prompt": 5}})),
+    ("optimizer race variables garbage", _set(["optimizer", "races"],
+                                              [{"key": "k", "variables": {"answer/prompt": 1}}])),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "edit"), BAD_BACKUPS, ids=[n for n, _ in BAD_BACKUPS])

@@ -255,6 +255,96 @@ def test_environment_derived_endpoints_are_judged(
     assert pf.load_program(path).language_models[0].model == "ollama/llama3"
 
 
+EVIL = "http://203.0.113.9:5000/v1"
+
+
+@pytest.mark.parametrize(
+    ("model", "api_base", "env", "named"),
+    [
+        # Every form of litellm model string that carries or implies a remote endpoint (issue
+        # 11, item 1): in the model string, in a provider's *_API_BASE variable, or a hosted
+        # provider the user did not allow.
+        ("oobabooga/http://203.0.113.9:5000", None, {}, "203.0.113.9"),
+        ("oobabooga/x", None, {"OOBABOOGA_API_BASE": EVIL}, "'oobabooga'"),
+        ("ollama/llama3", None, {"OLLAMA_API_BASE": EVIL}, "203.0.113.9"),
+        ("ollama_chat/llama3", None, {"OLLAMA_API_BASE": EVIL}, "'ollama_chat'"),
+        ("ollama/http://203.0.113.9:11434", None, {}, "203.0.113.9"),
+        ("openai/gpt-4o", None, {"OPENAI_BASE_URL": EVIL}, "'openai'"),
+        ("openai/gpt-4o", None, {"OPENAI_API_BASE": EVIL}, "'openai'"),
+        ("gpt-4o", None, {}, "'openai'"),
+        ("huggingface/bigcode/starcoder", None, {}, "'huggingface'"),
+        ("huggingface/https://x.endpoints.huggingface.cloud", None, {}, "huggingface.cloud"),
+        ("azure/deployment", None, {"AZURE_API_BASE": EVIL}, "'azure'"),
+        ("azure/deployment", "http://127.0.0.1:9", {}, "'azure'"),
+        ("custom_openai/x", None, {}, "'custom_openai'"),
+        ("custom_openai/x", EVIL, {}, "203.0.113.9"),
+        ("hosted_vllm/x", None, {"HOSTED_VLLM_API_BASE": EVIL}, "203.0.113.9"),
+        ("lm_studio/x", None, {"LM_STUDIO_API_BASE": EVIL}, "203.0.113.9"),
+        ("llamafile/x", None, {"LLAMAFILE_API_BASE": EVIL}, "203.0.113.9"),
+        ("litellm_proxy/x", None, {"LITELLM_PROXY_API_BASE": EVIL}, "203.0.113.9"),
+        ("text-completion-openai/x", None, {}, "'text-completion-openai'"),
+        ("text-completion-openai/x", None, {"OPENAI_API_BASE": EVIL}, "'text-completion-openai'"),
+        ("vllm/facebook/opt-125m", None, {}, "'vllm'"),
+        # Resolving these runs an OAuth device flow against the provider's login server; a
+        # loopback api_base does not make them local.
+        ("github_copilot/gpt-4", None, {}, "'github_copilot'"),
+        ("github_copilot/gpt-4", "http://127.0.0.1:9/v1", {}, "'github_copilot'"),
+        ("chatgpt/gpt-5", None, {}, "'chatgpt'"),
+    ],
+)
+def test_every_litellm_route_form_is_judged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    api_base: str | None,
+    env: dict[str, str],
+    named: str,
+) -> None:
+    """Refused in safe mode, naming the endpoint or provider, without a single request (the
+    network guard fails the test on any attempt beyond loopback, even a swallowed one)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = _program_file(tmp_path, model=model, api_base=api_base)
+    with pytest.raises(UnsafeFileError, match="safe_mode=False") as caught:
+        pf.load_program(path)
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "api_base", "env"),
+    [
+        ("hosted_vllm/x", "http://127.0.0.1:9/v1", {"HOSTED_VLLM_API_BASE": EVIL}),
+        ("lm_studio/x", None, {"LM_STUDIO_API_BASE": "http://localhost:1234/v1"}),
+        ("llamafile/x", None, {}),  # litellm's default is 127.0.0.1:8080
+        ("custom_openai/x", "http://127.0.0.1:9/v1", {}),
+        ("text-completion-openai/x", "http://[::1]:9/v1", {}),
+    ],
+)
+def test_loopback_forms_still_load(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    api_base: str | None,
+    env: dict[str, str],
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (lm,) = pf.load_program(_program_file(tmp_path, model=model, api_base=api_base)).language_models
+    assert lm.model == model
+
+
+def test_a_login_provider_is_never_resolved(tmp_path: Path) -> None:
+    """litellm's github_copilot/chatgpt resolution starts an OAuth device flow (a request to
+    github.com, then polling for minutes): neither safe mode, nor building the client, nor an
+    allowed load may start it. The network guard records the attempt if one is made."""
+    pf.LanguageModel(model="github_copilot/gpt-4", cache=False)
+    pf.LanguageModel(model="x/gpt-4", custom_llm_provider="chatgpt", cache=False)
+    path = _program_file(tmp_path, model="github_copilot/gpt-4", api_base=None)
+    (lm,) = pf.load_program(path, allowed_providers=["github_copilot"]).language_models
+    assert lm.model == "github_copilot/gpt-4"
+    assert _network_guard.violations() == []
+
+
 def test_custom_providers_need_to_be_allowed(tmp_path: Path) -> None:
     from promptfit.language_models._litellm import litellm
 
@@ -294,3 +384,29 @@ def test_a_cache_path_through_a_symlink_out_of_the_cwd_is_refused(
     check_file_language_model({**config, "cache": "inside/c.sqlite"}, frozenset())
     with pytest.raises(UnsafeFileError, match="response cache"):
         check_file_language_model({**config, "cache": "link/c.sqlite"}, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"version": True}, "invalid format version True"),
+        ({"version": -1}, "invalid format version -1"),
+        ({"variables": [1]}, "no 'variables' object"),
+        ({"format": "promptfit.backup"}, "not a promptfit.variables file"),
+    ],
+)
+def test_a_damaged_variables_file_names_its_problem(
+    make_lm: Callable[..., pf.LanguageModel], tmp_path: Path, edit: dict[str, Any], match: str
+) -> None:
+    """load_variables falls back to reading a program file; a variables file with a bad version
+    was reported as "not a promptfit.program file", hiding what was wrong."""
+    inputs = pf.Input(data_model=Query)
+    lm = make_lm("arith")
+    outputs = asyncio.run(pf.Generator(data_model=Answer, language_model=lm, name="g")(inputs))
+    program = pf.Program(inputs=inputs, outputs=outputs, name="p")
+    path = program.save_variables(tmp_path / "v.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(SerializationError, match=match):
+        program.load_variables(path)
+    program.save(tmp_path / "p.json")
+    program.load_variables(tmp_path / "p.json")  # a program file still works

@@ -195,6 +195,10 @@ def test_config_never_contains_the_key(make_lm: Callable[..., pf.LanguageModel])
         ({"max_concurrency": "8"}, r"max_concurrency.*pass max_concurrency=8"),
         ({"max_concurrency": True}, "max_concurrency"),
         ({"cache": 123}, "cache.*True, False or a file path"),
+        # Found by the program-file fuzzer: "" (the working directory) only warned at the
+        # first call.
+        ({"cache": ""}, "cache.*an empty path"),
+        ({"cache": "."}, "cache.*a directory"),
         ({"timeout": -1}, r"timeout.*> 0"),
         ({"timeout": "60"}, "timeout"),
         ({"max_tokens": 0}, "max_tokens"),
@@ -240,6 +244,46 @@ def test_backoff_jitter_respects_retry_min_wait() -> None:
     assert all(0.04 <= w <= 0.06 for w in third)
     capped = pf.LanguageModel(model="openai/x", retry_min_wait=1.0, retry_max_wait=2.0)
     assert all(1.0 <= capped._backoff(5, None) <= 2.0 for _ in range(50))
+
+
+_UNDER_W_ERROR = """
+import asyncio, sys
+import promptfit as pf
+from promptfit.testing import FakeLLMServer
+
+class Answer(pf.DataModel):
+    answer: str
+
+base_url, tag, transport = sys.argv[1:]
+model = FakeLLMServer.model("arith", fail_first=2, error_status=503, tag=tag)
+lm = pf.LanguageModel(model=model, api_base=base_url, api_key="k", cache=False, max_retries=3,
+                      retry_min_wait=0.01, retry_max_wait=0.05, transport=transport)
+
+async def main():
+    messages = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(40)]
+    return await asyncio.gather(*(lm.generate(m, Answer) for m in messages))
+
+results = asyncio.run(main())
+print(sum(r.error is not None for r in results), lm.usage.retries)
+"""
+
+
+def test_retries_survive_python_w_error(llm_server: FakeLLMServer, lm_transport: str) -> None:
+    """Issue 11 item 12, as reported: under ``python -W error`` a warning raised in the retry
+    path (a deprecated tenacity argument) turned every transient failure into a permanent one
+    (15 of 40 calls failed). Each of 40 calls here fails twice with a 503, then succeeds."""
+    import subprocess
+    import sys
+
+    tag = f"w-error-{lm_transport}-{time.monotonic_ns()}"
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _UNDER_W_ERROR, llm_server.base_url, tag,
+         lm_transport],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    failed, retries = map(int, out.stdout.split())
+    assert (failed, retries) == (0, 80), out.stderr[-2000:]
 
 
 def test_concurrent_requests_all_fall_back_to_text(

@@ -98,7 +98,7 @@ def test_the_disk_store_is_bounded_and_keeps_the_recently_used(tmp_path: Path) -
     assert kept == 1
 
 
-@pytest.mark.parametrize("kind", ["not a database", "a directory", "unwritable"])
+@pytest.mark.parametrize("kind", ["not a database", "a directory", "unwritable", "writes fail"])
 def test_an_unusable_cache_warns_once_and_every_call_still_succeeds(
     kind: str,
     tmp_path: Path,
@@ -109,6 +109,11 @@ def test_an_unusable_cache_warns_once_and_every_call_still_succeeds(
         path.write_bytes(b"this is not SQLite" * 100)
     elif kind == "a directory":
         path.mkdir()
+    elif kind == "writes fail":
+        # A valid database that opens and reads but cannot be written, for root too: SQLite
+        # cannot create its rollback journal where a directory of that name stands.
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+        (tmp_path / "cache.sqlite-journal").mkdir()
     else:
         if os.geteuid() == 0:
             # root writes anywhere; a path under a regular file fails for everyone.

@@ -304,13 +304,17 @@ def test_terminate_on_error_leaves_a_healthy_run_alone(calc_program, capsys):
     assert "TerminateOnError" not in capsys.readouterr().out
 
 
+# With error_rate=0.5 and no retries the first 5 calls all fail in about 1 run of 32 (the failing
+# requests depend on the per-process model tag): fail_fast would stop the run before
+# TerminateOnError, the thing tested here, so it warns instead and the warning is expected.
+@pytest.mark.filterwarnings("ignore:The first .* LM calls of this run all failed")
 def test_terminate_on_error_counts_failed_calls_in_the_epoch(calc_program):
     terminate = TerminateOnError(max_failed_calls=3)
     log = BatchLog()
 
     async def main() -> Any:
         program = await calc_program(error_rate=0.5, lm_kwargs={"max_retries": 0})
-        return await _fit(program, n=12, epochs=2, callbacks=[terminate, log])
+        return await _fit(program, n=12, epochs=2, callbacks=[terminate, log], fail_fast=False)
 
     asyncio.run(main())
     failed = [logs["failed_calls"] for _, _, logs, _ in log.batches]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +40,46 @@ def _breakers() -> dict[str, Callable[[Path], None]]:
     def not_a_database(path: Path) -> None:
         path.write_bytes(b"this is not an SQLite database, just some bytes\n" * 20)
 
-    return {"directory": directory, "not_a_database": not_a_database}
+    def unwritable(path: Path) -> None:
+        # A valid database whose writes fail, for root too (chmod does not stop root): SQLite
+        # cannot create its rollback journal where a directory of that name stands.
+        import sqlite3
+
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+        (path.parent / f"{path.name}-journal").mkdir()
+
+    def read_only(path: Path) -> None:
+        # The issue's case: a valid ./mlflow.db that cannot be written (MLflow retried it for
+        # 205 s). chmod does not stop root, so root marks the file immutable instead.
+        import sqlite3
+
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+        if os.geteuid() != 0:
+            path.chmod(0o444)
+            path.parent.chmod(0o555)
+        elif (
+            shutil.which("chattr") is None
+            or subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True, check=False
+            ).returncode
+        ):
+            pytest.skip("root without chattr +i cannot make a file read-only")
+
+    return {
+        "directory": directory,
+        "not_a_database": not_a_database,
+        "unwritable": unwritable,
+        "read_only": read_only,
+    }
+
+
+def _writable_again(path: Path) -> None:
+    """Undo ``read_only`` so pytest can delete the directory."""
+    if os.geteuid() == 0 and shutil.which("chattr"):
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True, check=False)
+    path.parent.chmod(0o755)
+    if path.is_file():
+        path.chmod(0o644)
 
 
 @pytest.mark.parametrize("kind", sorted(_breakers()))
@@ -48,9 +89,11 @@ def test_unusable_store_one_warning_and_mlflow_never_retries(
     monkeypatch: pytest.MonkeyPatch,
     calc_program: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _breakers()[kind](tmp_path / "mlflow.db")
+    request.addfinalizer(lambda: _writable_again(tmp_path / "mlflow.db"))
     uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
     mark_reachable(uri)
     caplog.set_level(logging.WARNING)

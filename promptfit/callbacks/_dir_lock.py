@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from promptfit.errors import BackupLockedError
+from promptfit.errors import BackupLockedError, CheckpointError
 
 try:  # POSIX; elsewhere the lock is a no-op (documented)
     import fcntl
@@ -52,13 +52,22 @@ class DirectoryLock:
         """
         if self._fd is not None or fcntl is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CheckpointError(
+                f"{self.owner}: cannot create the directory {self.directory} ({error.strerror}). "
+                "Pass a backup_dir you can write to."
+            ) from None
         key = os.path.realpath(self.directory)
         _release_stale_holder(key)
         for _attempt in range(5):
             # O_NOFOLLOW: a symlink planted as the lock file must not make us write elsewhere.
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-            fd = os.open(self.path, flags, 0o644)
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as error:
+                raise CheckpointError(self._cannot_open(error)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -89,6 +98,18 @@ class DirectoryLock:
         raise BackupLockedError(  # pragma: no cover - needs a pathological race
             f"{self.owner}: could not lock {self.directory}; another process keeps replacing "
             f"{self.path}."
+        )
+
+    def _cannot_open(self, error: OSError) -> str:
+        """Why the lock file cannot be opened, and what to do (a raw OSError said neither)."""
+        if self.path.is_symlink():
+            return (
+                f"{self.owner}: {self.path} is a symbolic link, which promptfit never follows "
+                "(it could make the run write elsewhere). Delete it, or use another backup_dir."
+            )
+        return (
+            f"{self.owner}: cannot open the lock file {self.path} ({error.strerror}). Make "
+            f"{self.directory} writable, or use another backup_dir."
         )
 
     def release(self, *, remove: bool = False) -> None:

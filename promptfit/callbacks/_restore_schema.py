@@ -170,8 +170,21 @@ class PopulationMember(_Model):
     evals: Annotated[StrictInt, Field(ge=1, le=_BIG)]
 
 
+class ValidatedCandidate(_Open):
+    variables: dict[StrictStr, Any]
+    val_reward: Number
+
+
+class RaceState(_Open):
+    variables: dict[StrictStr, Any]
+
+
 class PopulationState(OptimizerState):
     population: list[PopulationMember] = []
+    # Candidates an epoch end installs as the program's variables: checked like the population.
+    races: list[RaceState] = []
+    validated: dict[StrictStr, ValidatedCandidate] = {}
+    epoch_incumbents: dict[StrictStr, dict[StrictStr, Any]] = {}
     moves: Count = 0
     # The budget's bookkeeping: a resumed search divides and compares these at once.
     calls_start: Count = 0
@@ -232,6 +245,12 @@ def _check_optimizer(path: Path, state: Any, optimizer: Any, program: Program) -
     checked = _check(path, "optimizer.", schema, state)
     for index, member in enumerate(getattr(checked, "population", [])):
         _check_variables(path, program, f"optimizer.population.{index}", member.variables)
+    for index, race in enumerate(getattr(checked, "races", [])):
+        _check_variables(path, program, f"optimizer.races.{index}", race.variables)
+    for key, entry in getattr(checked, "validated", {}).items():
+        _check_variables(path, program, f"optimizer.validated[{key[:40]!r}]", entry.variables)
+    for key, variables in getattr(checked, "epoch_incumbents", {}).items():
+        _check_variables(path, program, f"optimizer.epoch_incumbents[{key[:40]!r}]", variables)
     pool = getattr(checked, "pool", {})
     if pool:
         variables = program.get_variables()
@@ -271,6 +290,32 @@ def _invalid(path: Path, problem: str) -> CheckpointError:
     )
 
 
+def _check_callback_contents(path: Path, where: str, checked: BaseModel, program: Program) -> None:
+    """What a schema alone cannot say: variables EarlyStopping would install at the end of the
+    fit (after every LM call), and a History whose columns line up with its epochs and hold
+    numbers where promptfit logs numbers (a returned ``History`` must not carry a backup's
+    ``"x"`` as an epoch's reward)."""
+    best = getattr(checked, "best_variables", None)
+    if best is not None:
+        _check_variables(path, program, f"{where}best_variables", best)
+    if isinstance(checked, HistoryState):
+        numeric = set(program.metrics_names)
+        numeric |= {f"val_{name}" for name in numeric}
+        for name, column in checked.history.items():
+            if len(column) != len(checked.epoch):
+                raise _invalid(
+                    path,
+                    f"{where}history[{name[:40]!r}] has {len(column)} values for "
+                    f"{len(checked.epoch)} epochs",
+                )
+            if name in numeric and not all(_is_number_or_none(v) for v in column):
+                raise _invalid(path, f"{where}history[{name!r}] holds a value that is no number")
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
 def validate_backup(path: Path, saved: Any, state: FitContext, program: Program) -> None:
     """Check a backup's ``fit_state`` against the schemas and against the current fit.
 
@@ -304,4 +349,5 @@ def validate_backup(path: Path, saved: Any, state: FitContext, program: Program)
             continue
         schema = _schema_for(callback, _CALLBACK_SCHEMAS)
         if schema is not None:
-            _check(path, f"callbacks[{key!r}].", schema, fit.callbacks[key])
+            checked = _check(path, f"callbacks[{key!r}].", schema, fit.callbacks[key])
+            _check_callback_contents(path, f"callbacks[{key!r}].", checked, program)

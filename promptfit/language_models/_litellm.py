@@ -17,9 +17,13 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["get_litellm", "is_loaded"]
+__all__ = ["authenticating_provider", "get_litellm", "is_loaded"]
 
 _configured: ModuleType | None = None
+
+# litellm's own list (``litellm.constants.PROVIDERS_THAT_AUTHENTICATE_ON_PROVIDER_INFO``) when
+# it has one; these two otherwise.
+_AUTHENTICATING_FALLBACK = frozenset({"github_copilot", "chatgpt"})
 
 
 def get_litellm() -> ModuleType:
@@ -34,6 +38,23 @@ def get_litellm() -> ModuleType:
         litellm.drop_params = False
         _configured = litellm
     return _configured
+
+
+def authenticating_provider(model: str, custom_llm_provider: str | None = None) -> str | None:
+    """The provider ``model`` names if merely resolving it would log in over the network.
+
+    For ``github_copilot/...`` and ``chatgpt/...``, ``litellm.get_llm_provider`` runs an OAuth
+    device flow: it calls the provider's login endpoint and can wait minutes for a human to
+    confirm a code. A route check (``LanguageModel(...)`` construction, safe mode judging a
+    file) must never do that, so it asks this first and does not resolve such a model.
+    """
+    constants = getattr(get_litellm(), "constants", None)
+    names = getattr(constants, "PROVIDERS_THAT_AUTHENTICATE_ON_PROVIDER_INFO", None)
+    authenticating = frozenset(names) if names else _AUTHENTICATING_FALLBACK
+    declared = custom_llm_provider or (model.split("/", 1)[0] if "/" in model else None)
+    if isinstance(declared, str) and declared.strip().lower() in authenticating:
+        return declared.strip().lower()
+    return None
 
 
 def is_loaded() -> bool:

@@ -12,7 +12,7 @@ import os
 from typing import Any, Literal, get_args
 
 from promptfit.errors import ConfigurationError, LMConfigurationError
-from promptfit.language_models._litellm import get_litellm
+from promptfit.language_models._litellm import authenticating_provider, get_litellm
 from promptfit.language_models.structured import MODES, StructuredOutput, server_message
 
 __all__ = [
@@ -80,6 +80,16 @@ def check_arguments(
         raise ConfigurationError(
             f"`cache` must be True, False or a file path for a persistent cache, got {cache!r}."
         )
+    if not isinstance(cache, bool):
+        # An empty path or a directory would only fail (and warn) at the first call; say so
+        # now, with the fix. "" in particular is the working directory itself.
+        text = os.fspath(cache)
+        if not isinstance(text, str) or not text.strip() or os.path.isdir(text):
+            raise ConfigurationError(
+                f"`cache` must be the path of a database file, got {cache!r} "
+                f"({'a directory' if text and os.path.isdir(text) else 'an empty path'}); e.g. "
+                "cache='lm_cache.sqlite', or cache=True for promptfit's shared cache."
+            )
     if structured_output not in STRUCTURED_OUTPUTS:
         raise ConfigurationError(
             f"`structured_output` must be one of {', '.join(map(repr, STRUCTURED_OUTPUTS))}, "
@@ -104,6 +114,8 @@ def check_route(model: str, api_base: str | None, litellm_kwargs: dict[str, Any]
             of the run would fail the same way).
     """
     provider = litellm_kwargs.get("custom_llm_provider")
+    if authenticating_provider(model, provider if isinstance(provider, str) else None):
+        return  # resolving it would start the provider's login flow (see authenticating_provider)
     try:
         get_litellm().get_llm_provider(model=model, custom_llm_provider=provider, api_base=api_base)
     except Exception as exc:

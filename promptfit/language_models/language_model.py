@@ -126,7 +126,8 @@ class LanguageModel(Retrying, Negotiation, Sending):
         cache: ``True`` (default) caches replies in memory and in promptfit's shared on-disk
             cache (``~/.cache/promptfit/responses.sqlite`` on Linux, bounded in size; set
             ``PROMPTFIT_CACHE_DIR`` to move it), so a repeated or resumed fit pays for no
-            call twice; a path uses that SQLite file instead; ``False`` disables caching.
+            call twice; a path uses that SQLite file instead (an empty path or a directory is
+            a ``ConfigurationError``); ``False`` disables caching.
         structured_output: How replies are made JSON. ``"auto"`` (default) negotiates: it tries
             ``"json_schema"``, then ``"json_object_schema"`` (``json_object`` with the schema,
             as llama.cpp and vLLM take it), then ``"json_object"``, then ``"json_text"`` (the

@@ -267,7 +267,11 @@ def load_variables(program: Program, path: str | os.PathLike[str], strict: bool 
     """Assign the variables stored in ``path`` (a variables file or a program file)."""
     try:
         data = read_json_file(path, VARIABLES_FORMAT)
-    except SerializationError:
+    except SerializationError as not_variables:
+        if f"format tag: {PROGRAM_FORMAT!r}" not in str(not_variables):
+            # Corrupt, unreadable, or a variables file with a bad version: say that, not "is
+            # not a program file".
+            raise
         data = read_json_file(path, PROGRAM_FORMAT)
     variables = data.get("variables")
     if not isinstance(variables, dict):

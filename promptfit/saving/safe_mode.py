@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from promptfit.errors import ConfigurationError, UnsafeFileError
+from promptfit.language_models._litellm import authenticating_provider
 
 __all__ = [
     "SAFE_LITELLM_KWARGS",
@@ -136,6 +137,11 @@ def resolve_route(model: str, api_base: str | None) -> tuple[str, list[str]]:
     provider = model.split("/", 1)[0].lower() if "/" in model else ""
     if provider in _OFFLINE_PROVIDERS:
         return provider, endpoints
+    logs_in = authenticating_provider(model)
+    if logs_in is not None:
+        # Resolving it would run the provider's OAuth device flow (a request to its login
+        # server, then minutes of polling): judging a file must send nothing anywhere.
+        return logs_in, endpoints
     try:
         _name, provider, _key, dynamic_base = litellm.get_llm_provider(
             model=model, api_base=api_base
@@ -204,7 +210,10 @@ def _one_route_problems(model: str, api_base: str | None, allowed: frozenset[str
         return [f"it sends requests to {where} (provider {provider!r})"]
     if provider in allowed:
         return []
-    if endpoints and provider not in _CLOUD_CREDENTIAL_PROVIDERS:
+    # A provider that logs in first (an OAuth device flow against its own login server) is
+    # never local, whatever api_base says.
+    logs_in = authenticating_provider(model) is not None
+    if endpoints and provider not in _CLOUD_CREDENTIAL_PROVIDERS and not logs_in:
         return []  # every endpoint is loopback
     return [
         f"it sends requests to the hosted provider {provider!r}, which you did not allow "

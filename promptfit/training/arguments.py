@@ -100,6 +100,22 @@ def check_callbacks(callbacks: Any) -> Any:
                 f"`callbacks` must hold pf.callbacks.Callback instances, got "
                 f"{type(callback).__name__}."
             )
+    if len({id(c) for c in callbacks}) != len(callbacks):
+        # One instance called twice per event: a History of epochs [0, 0], two saves per
+        # checkpoint, a backup restored twice.
+        twice = next(c for i, c in enumerate(callbacks) if any(c is d for d in callbacks[:i]))
+        raise ConfigurationError(
+            f"`callbacks` holds the same {type(twice).__name__} instance twice; pass each "
+            "callback once."
+        )
+    from promptfit.callbacks.backup_and_restore import BackupAndRestore
+
+    backups = [c for c in callbacks if isinstance(c, BackupAndRestore)]
+    if len(backups) > 1:
+        raise ConfigurationError(
+            f"`callbacks` holds {len(backups)} BackupAndRestore callbacks; a fit resumes from one "
+            "backup (pass double_checkpoint=True to BackupAndRestore to keep a second copy)."
+        )
     return callbacks
 
 
