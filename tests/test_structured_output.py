@@ -170,6 +170,110 @@ def test_evaluate_stops_early_when_every_first_call_fails_the_same_way(
     assert llm_server.stats()["requests"] - before <= 8
 
 
+def test_a_server_answering_prose_in_every_mode_stops_the_run_early(
+    calc_program: Callable[..., Any], llm_server: FakeLLMServer
+) -> None:
+    """200 with content that is not JSON, in every mode: each call fails with a different
+    reply text, which is still one kind of failure, so the run stops after its first calls."""
+
+    async def main() -> None:
+        program = await calc_program(malformed_rate=1.0, lm_kwargs={"max_retries": 0})
+        x, y = arithmetic_data(40)
+        with pytest.raises(LMCallsFailingError) as info:
+            await program.evaluate(x, y, batch_size=4, verbose=0)
+        message = str(info.value)
+        assert "first 5 LM calls" in message
+        assert "InvalidOutputError" in message and '{"answe' in message  # the reply, quoted
+        assert "structured_output=" in message  # what to try
+
+    before = llm_server.stats()["requests"]
+    asyncio.run(main())
+    assert llm_server.stats()["requests"] - before <= 8
+
+
+@pytest.mark.parametrize(
+    ("options", "lm_kwargs", "quoted", "hint"),
+    [
+        pytest.param(
+            {"like": "llamacpp"},
+            {"structured_output": "json_schema"},
+            "Input should be 'text' or 'json_object'",
+            "structured_output='auto'",
+            id="pinned-json_schema-on-llamacpp",
+        ),
+        pytest.param(
+            {"like": "openai"},
+            {"structured_output": "json_object_schema"},
+            "'schema' was unexpected",
+            "structured_output='auto'",
+            id="pinned-json_object_schema-on-openai",
+        ),
+        pytest.param(
+            {"error_rate": 1.0, "error_status": 500},
+            {},
+            "Injected failure",
+            "check its logs",
+            id="500-for-everything",
+        ),
+    ],
+)
+def test_every_server_failure_stops_evaluate_quoting_the_server(
+    options: dict[str, Any],
+    lm_kwargs: dict[str, Any],
+    quoted: str,
+    hint: str,
+    calc_program: Callable[..., Any],
+    llm_server: FakeLLMServer,
+) -> None:
+    """A pinned mode the server refuses is an error (never a silent fallback), like any
+    server that fails every call: the run stops quoting the server, before the data is spent,
+    and a refused format is never retried."""
+
+    async def main() -> pf.Program:
+        program = await calc_program(**options, lm_kwargs=lm_kwargs)
+        x, y = arithmetic_data(40)
+        with pytest.raises(LMCallsFailingError) as info:
+            await program.evaluate(x, y, batch_size=4, verbose=0)
+        assert quoted in str(info.value) and hint in str(info.value)
+        return program
+
+    before = llm_server.stats()["requests"]
+    program = asyncio.run(main())
+    lm = _lm_of(program)
+    sent = llm_server.stats()["requests"] - before
+    assert sent <= 8 * (lm.max_retries + 1)
+    if "structured_output" in lm_kwargs:  # refused, not retried, not negotiated away
+        assert sent <= 8 and lm.usage.retries == 0
+        assert lm.output_mode == lm_kwargs["structured_output"]
+
+
+def test_a_wrong_model_name_stops_evaluate_at_once(
+    llm_server: FakeLLMServer, lm_transport: str
+) -> None:
+    """A 404 model-not-found is a configuration error: raised at once with the server's words."""
+    lm = pf.LanguageModel(
+        model="openai/no-such-model",
+        api_base=llm_server.base_url,
+        api_key="sk-test",
+        transport=lm_transport,
+        cache=False,
+    )
+
+    async def main() -> None:
+        inputs = pf.Input(data_model=Query)
+        outputs = await pf.Generator(data_model=Answer, language_model=lm)(inputs)
+        program = pf.Program(inputs=inputs, outputs=outputs)
+        program.compile(reward=pf.rewards.ExactMatch())
+        x, y = arithmetic_data(40)
+        await program.evaluate(x, y, batch_size=4, verbose=0)
+
+    before = llm_server.stats()["requests"]
+    with pytest.raises(LMConfigurationError, match="'no-such-model' does not exist") as info:
+        asyncio.run(main())
+    assert "model name" in str(info.value)
+    assert llm_server.stats()["requests"] - before <= 4  # the first batch, no retry
+
+
 def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
     async def main() -> dict[str, float]:
         program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})

@@ -9,16 +9,16 @@ tasks that the run starts inherit it and the other run's tasks do not, so every 
 its usage to the scopes of the run that made it (and to the LM's global totals).
 
 A scope also watches the run's first generations so that a run never fails silently: when the
-first :data:`FAIL_FAST_AFTER` generations all fail with the same error, or every generation of
-a run fails, it raises :class:`~promptfit.errors.LMCallsFailingError` (or warns once, with
-``fail_fast=False``) quoting the server.
+first :data:`FAIL_FAST_AFTER` generations all fail with the same kind of error (exception class
+and HTTP status, whatever the text), or every generation of a run fails, it raises
+:class:`~promptfit.errors.LMCallsFailingError` (or warns once, with ``fail_fast=False``)
+quoting the server.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import re
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,7 +38,7 @@ __all__ = [
     "usage_totals",
 ]
 
-# How many failed first generations, all with the same error, end a run early.
+# How many failed first generations, all with the same kind of error, end a run early.
 FAIL_FAST_AFTER = 5
 
 _SCOPE: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
@@ -99,7 +99,8 @@ class RunScope:
         self._first.append((_signature(error), lm, error))
         if len(self._first) == FAIL_FAST_AFTER and len({s for s, _, _ in self._first}) == 1:
             self._report(
-                f"The first {FAIL_FAST_AFTER} LM calls of this run all failed with the same error"
+                f"The first {FAIL_FAST_AFTER} LM calls of this run all failed with the same kind "
+                "of error"
             )
 
     def check_end(self) -> None:
@@ -120,8 +121,15 @@ class RunScope:
 
 
 def _signature(error: BaseException) -> str:
-    """An error's kind and text with numbers blanked (attempt counts, request ids)."""
-    return f"{type(error).__name__}:{re.sub(r'[0-9a-f]*[0-9][0-9a-f]*', '#', str(error))[:300]}"
+    """An error's kind: its class and HTTP status, not its text.
+
+    Why not the text: the text of one systemic failure differs from call to call. A server
+    that answers every request with prose instead of JSON fails each call with an
+    :class:`InvalidOutputError` quoting a different reply; a server that refuses every
+    request may echo the request, a request id or a token count. Comparing texts let such a
+    run spend all its data before the end-of-run check spoke up.
+    """
+    return f"{type(error).__name__}:{getattr(error, 'status_code', None)}"
 
 
 def _where(lm: Any) -> str:
