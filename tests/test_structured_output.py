@@ -106,6 +106,35 @@ def test_the_negotiated_mode_is_saved_logged_once_and_reused(
     assert llm_server.stats()["format_rejected"] == before
 
 
+def test_a_second_client_of_the_same_endpoint_starts_in_the_negotiated_mode(
+    make_lm: Callable[..., pf.LanguageModel],
+    llm_server: FakeLLMServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The mode is remembered per endpoint (model, api_base) for the process: a new client
+    of a server that was negotiated with sends no refused request and logs nothing again."""
+    first = make_lm("arith", like="vllm")
+    gen = pf.Generator(data_model=Answer, language_model=first, input_data_model=Query)
+    messages = gen.messages(Query(question="2 + 3"))
+    with caplog.at_level(logging.INFO, logger="promptfit"):
+        assert asyncio.run(first.generate(messages, Answer)).value is not None
+        assert first.output_mode == "json_object_schema"
+        config = {**first.get_config(), "structured_output_mode": None, "cache": False}
+        second = pf.LanguageModel(**config, api_key="sk-test")
+        assert second.output_mode == "json_object_schema"
+        assert second.get_config()["structured_output_mode"] == "json_object_schema"
+        before = llm_server.stats()
+        result = asyncio.run(second.generate(gen.messages(Query(question="4 + 4")), Answer))
+        after = llm_server.stats()
+    assert result.value is not None and result.value.answer == "8"
+    assert after["format_rejected"] == before["format_rejected"]
+    assert after["requests"] - before["requests"] == 1
+    assert len([r for r in caplog.records if "negotiated" in r.getMessage()]) == 1
+    # Another endpoint (another model name on the same server) negotiates on its own.
+    other = make_lm("arith", like="vllm")
+    assert other.output_mode == "json_schema"
+
+
 def test_a_pinned_mode_is_never_negotiated_nor_retried(
     make_lm: Callable[..., pf.LanguageModel], llm_server: FakeLLMServer
 ) -> None:
