@@ -22,11 +22,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 import promptfit as pf
+from promptfit.errors import LMCallsFailingError
 from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query, arithmetic_data
 
@@ -97,6 +99,17 @@ PROXY_MATRIX: dict[str, tuple[str, str, int]] = {
     "llamacpp": ("like=llamacpp", "json_object_schema", 1),
     "openai": ("like=openai", "json_object", 2),
 }
+# proxy alias -> test-server options of a backend that fails every call
+PROXY_BROKEN: dict[str, str] = {
+    "broken500": "error_rate=1&error_status=500",
+    "prose": "malformed_rate=1",
+}
+
+
+def _backend(alias: str) -> str:
+    """The model name the proxy forwards ``alias`` to (as the test server counts it)."""
+    options = PROXY_MATRIX[alias][0] if alias in PROXY_MATRIX else PROXY_BROKEN[alias]
+    return f"arith?{options}&tag=proxy-{alias}" if options else f"arith?tag=proxy-{alias}"
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +120,11 @@ def litellm_proxy(
         pytest.importorskip(module, reason="the LiteLLM proxy needs promptfit[dev]")
     directory = tmp_path_factory.mktemp("litellm-proxy")
     lines = ["model_list:"]
-    for alias, (options, _, _) in PROXY_MATRIX.items():
-        query = f"{options}&tag=proxy-{alias}" if options else f"tag=proxy-{alias}"
+    for alias in [*PROXY_MATRIX, *PROXY_BROKEN]:
         lines += [
             f"  - model_name: {alias}",
             "    litellm_params:",
-            f'      model: "openai/arith?{query}"',
+            f'      model: "openai/{_backend(alias)}"',
             f'      api_base: "{llm_server.base_url}"',
             '      api_key: "sk-test"',
         ]
@@ -150,12 +162,64 @@ def test_litellm_proxy_in_front_of_the_test_server(
         x, y = arithmetic_data(8)
         return await program.evaluate(x, y, batch_size=8, verbose=0)
 
-    before = llm_server.stats()["format_rejected"]
+    before = llm_server.stats()
     logs = asyncio.run(main())
+    after = llm_server.stats()
     assert logs["reward"] == 1.0 and logs["failed_calls"] == 0
     assert lm.output_mode == expected_mode
     assert logs["lm_calls"] == 8 + refusals and logs["retries"] == 0
-    assert llm_server.stats()["format_rejected"] - before == refusals
+    assert after["format_rejected"] - before["format_rejected"] == refusals
+    # Counted where they arrive: every request the proxy forwarded, refused ones included.
+    backend = _backend(alias)
+    assert after["by_model"][backend] - before["by_model"].get(backend, 0) == 8 + refusals
+
+
+def _proxy_program(lm: pf.LanguageModel, n: int) -> Any:
+    async def main() -> dict[str, float]:
+        inputs = pf.Input(data_model=Query)
+        outputs = await pf.Generator(data_model=Answer, language_model=lm)(inputs)
+        program = pf.Program(inputs=inputs, outputs=outputs)
+        program.compile(reward=pf.rewards.ExactMatch())
+        x, y = arithmetic_data(n)
+        return await program.evaluate(x, y, batch_size=4, verbose=0)
+
+    return main()
+
+
+@pytest.mark.parametrize(
+    ("alias", "error", "quoted"),
+    [
+        ("broken500", LMCallsFailingError, "Injected failure"),
+        ("prose", LMCallsFailingError, "InvalidOutputError"),
+        ("no-such-alias", LMCallsFailingError, "no-such-alias"),
+    ],
+)
+def test_a_failing_backend_behind_the_proxy_stops_evaluate_quoting_it(
+    alias: str,
+    error: type[Exception],
+    quoted: str,
+    litellm_proxy: str,
+    llm_server: FakeLLMServer,
+) -> None:
+    """No server in the matrix makes a run record only failures without a word: a backend
+    answering 500 or prose, or a model name the proxy does not know, stops the evaluate after
+    its first calls with the (re-wrapped) server message."""
+    lm = pf.LanguageModel(
+        model=f"openai/{alias}",
+        api_base=litellm_proxy,
+        api_key=PROXY_KEY,
+        cache=False,
+        max_retries=1,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+    )
+    before = llm_server.stats()["requests"]
+    with pytest.raises(error) as info:
+        asyncio.run(_proxy_program(lm, 40))
+    assert quoted in str(info.value)
+    # Five failures end the run: two batches of 4, each call tried at most twice; the other
+    # 32 examples were not spent.
+    assert llm_server.stats()["requests"] - before <= 2 * 4 * 2
 
 
 # -- llama-cpp-python's server with the embedded model ----------------------------------------
