@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +303,63 @@ def test_a_wrong_model_name_stops_evaluate_at_once(
         asyncio.run(main())
     assert "model name" in str(info.value)
     assert llm_server.stats()["requests"] - before <= 4  # the first batch, no retry
+
+
+@pytest.fixture()
+def no_choices_server() -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every chat completion 200 with no choices."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b'{"id": "x", "object": "chat.completion", "choices": []}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_reply_without_choices_is_quoted_and_counted_on_both_transports(
+    no_choices_server: str, lm_transport: str
+) -> None:
+    """A 200 that is not a chat completion: the run stops quoting the reply (not an
+    IndexError), and every request sent is counted as a call, on both transports alike."""
+    lm = pf.LanguageModel(
+        model="openai/some-model",
+        api_base=no_choices_server,
+        api_key="sk-test",
+        transport=lm_transport,
+        cache=False,
+        max_retries=0,
+    )
+
+    async def main() -> None:
+        inputs = pf.Input(data_model=Query)
+        outputs = await pf.Generator(data_model=Answer, language_model=lm)(inputs)
+        program = pf.Program(inputs=inputs, outputs=outputs)
+        program.compile(reward=pf.rewards.ExactMatch())
+        x, y = arithmetic_data(3)
+        await program.evaluate(x, y, verbose=0)
+
+    with pytest.raises(LMCallsFailingError, match="All 3 LM calls") as info:
+        asyncio.run(main())
+    assert "not a chat completion" in str(info.value) and '"choices":[]' in str(info.value).replace(
+        " ", ""
+    )
+    assert lm.usage.calls == 3 and lm.usage.failed_calls == 3
 
 
 def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
