@@ -362,6 +362,40 @@ def test_a_reply_without_choices_is_quoted_and_counted_on_both_transports(
     assert lm.usage.calls == 3 and lm.usage.failed_calls == 3
 
 
+class Checked(pf.DataModel):
+    answer: str = pf.Field(description="The answer, checked")
+
+
+@pytest.mark.parametrize("n", [24, 3])
+def test_one_lm_failing_every_call_while_another_answers_is_warned_about(
+    n: int, make_lm: Callable[..., pf.LanguageModel]
+) -> None:
+    """A two-step program whose second LM fails every call: the run's first calls are not all
+    failures (the first LM answers), yet the reward is 0. One warning quotes the failing
+    server: early (its first 5 calls) on a long run, at the end on a short one."""
+    good = make_lm("arith")
+    broken = make_lm("echo", error_rate=1.0, error_status=400, lm_kwargs={"max_retries": 0})
+
+    async def main() -> dict[str, float]:
+        inputs = pf.Input(data_model=Query)
+        solved = await pf.Generator(data_model=Answer, language_model=good, name="solve")(inputs)
+        checked = await pf.Generator(data_model=Checked, language_model=broken, name="check")(
+            solved
+        )
+        program = pf.Program(inputs=inputs, outputs=checked)
+        program.compile(reward=pf.rewards.ExactMatch())
+        x, y = arithmetic_data(n)
+        return await program.evaluate(x, y, batch_size=8, verbose=0)
+
+    with pytest.warns(RuntimeWarning, match="Injected failure") as record:
+        logs = asyncio.run(main())
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert broken.model in messages[0] and good.model not in messages[0]
+    assert ("first 5" if n > 5 else f"All {n}") in messages[0]
+    assert logs["failed_calls"] == n and broken.usage.failed_calls == n
+
+
 def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
     async def main() -> dict[str, float]:
         program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})

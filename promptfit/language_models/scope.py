@@ -58,6 +58,9 @@ class RunScope:
         # The first failures while nothing has succeeded: (signature, lm, error).
         self._first: list[tuple[str, Any, BaseException]] = []
         self._reported = False
+        # The same, per language model: one LM of several can fail every call while the
+        # others answer (a second generator, a judge, an optimizer's proposer).
+        self._by_lm: weakref.WeakKeyDictionary[Any, _LMOutcomes] = weakref.WeakKeyDictionary()
 
     # -- usage ---------------------------------------------------------------------------
     def usage_of(self, lm: Any) -> Usage:
@@ -89,12 +92,29 @@ class RunScope:
             scope = scope.parent
 
     def _record(self, lm: Any, error: BaseException | None) -> None:
+        outcomes = self._by_lm.get(lm)
+        if outcomes is None:
+            outcomes = self._by_lm[lm] = _LMOutcomes()
         if error is None:
             self.succeeded += 1
             self._first.clear()
+            outcomes.succeeded += 1
             return
         self.failed += 1
+        outcomes.failed += 1
+        if not outcomes.succeeded and len(outcomes.first) < FAIL_FAST_AFTER:
+            outcomes.first.append((_signature(error), error))
         if self.succeeded or self._reported or len(self._first) >= FAIL_FAST_AFTER:
+            if (
+                self.succeeded
+                and len(outcomes.first) == FAIL_FAST_AFTER
+                and len({s for s, _ in outcomes.first}) == 1
+            ):
+                self._warn_about(
+                    lm,
+                    f"The first {FAIL_FAST_AFTER} LM calls of this run to {_name(lm)} all "
+                    "failed with the same kind of error, while its other LM calls succeed",
+                )
             return
         self._first.append((_signature(error), lm, error))
         if len(self._first) == FAIL_FAST_AFTER and len({s for s, _, _ in self._first}) == 1:
@@ -104,9 +124,42 @@ class RunScope:
             )
 
     def check_end(self) -> None:
-        """At the end of a run: every generation failed is an error (or one warning)."""
+        """At the end of a run: every generation failed is an error (or one warning); every
+        call to one of its LMs failed, while others answered, is one warning."""
         if self.failed and not self.succeeded and not self._reported and self._first:
             self._report(f"All {self.failed} LM calls of this run failed")
+        if not self.succeeded:
+            return
+        for lm, outcomes in list(self._by_lm.items()):
+            if outcomes.failed and not outcomes.succeeded:
+                self._warn_about(
+                    lm, f"All {outcomes.failed} LM calls of this run to {_name(lm)} failed"
+                )
+
+    def _warn_about(self, lm: Any, what: str) -> None:
+        """Warn once per run that every call to ``lm`` fails, quoting its server.
+
+        A warning, not an error, whatever ``fail_fast``: the run's other LMs answer, and an
+        auxiliary LM (an optimizer's proposer, a judge) that fails may leave a useful run.
+        """
+        if self._reported and self._first and self._first[0][1] is lm:
+            return  # the run's own report already quoted this LM's failure
+        scope: RunScope | None = self
+        while scope is not None:  # the enclosing runs count the same calls: one warning
+            outcomes = scope._by_lm.get(lm)
+            if outcomes is not None:
+                if outcomes.reported:
+                    return
+                outcomes.reported = True
+            scope = scope.parent
+        outcomes = self._by_lm[lm]
+        error = outcomes.first[0][1]
+        warnings.warn(
+            f"{what}. The first error{_where(lm)}: {type(error).__name__}: "
+            f"{server_message(error)} -- {_hint(error)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _report(self, what: str) -> None:
         self._reported = True
@@ -118,6 +171,22 @@ class RunScope:
         if self.fail_fast:
             raise LMCallsFailingError(f"{message} (Pass fail_fast=False to run on anyway.)")
         warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+class _LMOutcomes:
+    """How one language model's generations went in one run."""
+
+    __slots__ = ("failed", "first", "reported", "succeeded")
+
+    def __init__(self) -> None:
+        self.succeeded = 0
+        self.failed = 0
+        self.first: list[tuple[str, BaseException]] = []  # its first failures, none before
+        self.reported = False
+
+
+def _name(lm: Any) -> str:
+    return repr(getattr(lm, "model", lm))
 
 
 def _signature(error: BaseException) -> str:
