@@ -429,8 +429,11 @@ def test_a_fit_whose_calls_all_fail_raises_with_the_server_message(
         x, y = arithmetic_data(12)
         await program.fit(x, y, batch_size=4, epochs=3, verbose=0)
 
-    with pytest.raises(LMCallsFailingError, match="Injected failure"):
+    with pytest.raises(LMCallsFailingError, match="Injected failure") as info:
         asyncio.run(main())
+    # A 400 that does not name the response format: the hint names the mode that was sent.
+    assert "structured_output='json_schema'" in str(info.value)
+    assert "pin structured_output='json_object' or 'json_text'" in str(info.value)
 
 
 def test_retried_5xx_requests_are_counted_as_calls(calc_program: Callable[..., Any]) -> None:

@@ -156,7 +156,7 @@ class RunScope:
         error = outcomes.first[0][1]
         warnings.warn(
             f"{what}. The first error{_where(lm)}: {type(error).__name__}: "
-            f"{server_message(error)} -- {_hint(error)}",
+            f"{server_message(error)} -- {_hint(error, lm)}",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -166,7 +166,7 @@ class RunScope:
         _, lm, error = self._first[0]
         message = (
             f"{what}. The first error, from {getattr(lm, 'model', lm)!r}{_where(lm)}: "
-            f"{type(error).__name__}: {server_message(error)} -- {_hint(error)}"
+            f"{type(error).__name__}: {server_message(error)} -- {_hint(error, lm)}"
         )
         if self.fail_fast:
             raise LMCallsFailingError(f"{message} (Pass fail_fast=False to run on anyway.)")
@@ -206,8 +206,8 @@ def _where(lm: Any) -> str:
     return f" at {api_base}" if api_base else ""
 
 
-def _hint(error: BaseException) -> str:
-    """What to try, from the kind of failure."""
+def _hint(error: BaseException, lm: Any = None) -> str:
+    """What to try, from the kind of failure (and the structured-output mode ``lm`` sends)."""
     name = type(error).__name__
     status = getattr(error, "status_code", None)
     if name == "InvalidOutputError":
@@ -233,10 +233,19 @@ def _hint(error: BaseException) -> str:
             "the server fails on every request: check its logs; if it cannot handle the "
             "requested response format, pin structured_output='json_text'."
         )
-    return (
+    hint = (
         "the server refuses every request: check the model name, `api_base` and the extra "
         "litellm arguments."
     )
+    mode = getattr(lm, "output_mode", "json_text")
+    if mode != "json_text":
+        # A server may reject the response_format without naming it (then no negotiation
+        # could recognise the refusal): say which one was sent, and how to send less.
+        hint += (
+            f" If it is the response format (requests carry structured_output={mode!r}), pin "
+            "structured_output='json_object' or 'json_text'."
+        )
+    return hint
 
 
 # -- the context variable ----------------------------------------------------------------
