@@ -506,6 +506,25 @@ def test_an_lm_configuration_error_reaches_the_caller_unwrapped(
     assert info.value.__cause__ is not None  # the provider's own exception
 
 
+@pytest.mark.parametrize("options", [{"error_status": 401}, {"error_status": 500}])
+def test_a_run_that_never_got_a_reply_saves_no_negotiated_mode(
+    options: dict[str, Any], calc_program: Callable[..., Any]
+) -> None:
+    """Only a mode a reply came back in is saved as negotiated: a program saved after a run
+    that failed from its start must not claim the mode it merely started in."""
+
+    async def main() -> pf.Program:
+        program = await calc_program(fail_first=100, **options, lm_kwargs={"max_retries": 0})
+        x, y = arithmetic_data(8)
+        with pytest.raises(LMConfigurationError):  # LMCallsFailingError is one too
+            await program.evaluate(x, y, batch_size=8, verbose=0)
+        return program
+
+    lm = _lm_of(asyncio.run(main()))
+    assert lm.output_mode == "json_schema"
+    assert lm.get_config()["structured_output_mode"] is None
+
+
 def test_a_saved_program_keeps_the_negotiated_mode(
     calc_program: Callable[..., Any],
     llm_server: FakeLLMServer,
