@@ -396,6 +396,26 @@ def test_one_lm_failing_every_call_while_another_answers_is_warned_about(
     assert logs["failed_calls"] == n and broken.usage.failed_calls == n
 
 
+def test_predict_does_not_return_a_list_of_none_silently(
+    calc_program: Callable[..., Any], llm_server: FakeLLMServer
+) -> None:
+    """predict on a server that fails every call raises like evaluate (or warns, when asked
+    to run on), instead of handing back one ``None`` per example without a word."""
+
+    async def main() -> list[Any]:
+        program = await calc_program(error_rate=1.0, error_status=400, lm_kwargs={"max_retries": 0})
+        x, _ = arithmetic_data(40)
+        with pytest.raises(LMCallsFailingError, match="Injected failure"):
+            await program.predict(x, batch_size=4, verbose=0)
+        with pytest.warns(RuntimeWarning, match="Injected failure"):
+            return await program.predict(x[:6], batch_size=3, verbose=0, fail_fast=False)
+
+    before = llm_server.stats()["requests"]
+    predictions = asyncio.run(main())
+    assert predictions == [None] * 6
+    assert llm_server.stats()["requests"] - before <= 8 + 6  # the first run stopped early
+
+
 def test_fail_fast_false_warns_once_and_runs_on(calc_program: Callable[..., Any]) -> None:
     async def main() -> dict[str, float]:
         program = await calc_program(error_rate=1.0, error_status=500, lm_kwargs={"max_retries": 0})
