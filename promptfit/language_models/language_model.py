@@ -47,7 +47,7 @@ from promptfit.language_models.cache import (
     default_cache_path,
     request_key,
 )
-from promptfit.language_models.negotiation import _ENDPOINT_MODES, Negotiation
+from promptfit.language_models.negotiation import _CONFIRMED, _ENDPOINT_MODES, Negotiation
 from promptfit.language_models.retrying import (
     InvalidOutputError,
     Retrying,
@@ -275,6 +275,9 @@ class LanguageModel(Retrying, Negotiation, Sending):
         self._settled = self._settled or structured_output_mode is not None
         self._settled = self._settled or endpoint in _ENDPOINT_MODES
         self._negotiated = False  # stepped down from a refused mode in this process
+        # Whether the mode is known to work (saved by get_config only then): a failed run
+        # must not save the mode it merely started in as the negotiated one.
+        self._confirmed = structured_output_mode is not None or endpoint in _CONFIRMED
         self._probe_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
@@ -301,10 +304,11 @@ class LanguageModel(Retrying, Negotiation, Sending):
     def get_config(self) -> dict[str, Any]:
         """Everything needed to rebuild this client, except the API key (never saved).
 
-        ``structured_output_mode`` is the mode an ``"auto"`` negotiation settled on (``None``
-        before one did), so a saved program starts from it.
+        ``structured_output_mode`` is the mode an ``"auto"`` negotiation settled on, so a saved
+        program starts from it: ``None`` until a reply came back in it (a run that failed
+        from its start saves no mode it never saw work).
         """
-        settled = self.structured_output == "auto" and self._settled
+        settled = self.structured_output == "auto" and self._confirmed
         return {
             "model": self.model,
             "api_base": self.api_base,

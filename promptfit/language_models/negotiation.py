@@ -38,6 +38,10 @@ logger = logging.getLogger("promptfit")
 # The mode each endpoint (model string, api_base) was last found to accept, so a second
 # client of the same server starts there instead of negotiating again.
 _ENDPOINT_MODES: dict[tuple[str, Any], OutputMode] = {}
+# Endpoints whose remembered mode was seen to work (a reply came back in it). A step-down
+# alone is remembered too (a second client need not be refused again), but only a mode that
+# worked is saved as negotiated.
+_CONFIRMED: set[tuple[str, Any]] = set()
 # Endpoints whose working mode was logged at INFO already (once per process).
 _LOGGED_MODES: set[tuple[str, Any, OutputMode]] = set()
 
@@ -52,6 +56,7 @@ class Negotiation:
     _base_key: str | tuple[str, ...] | None
     _mode: OutputMode
     _settled: bool
+    _confirmed: bool
     _negotiated: bool
     _probe_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock]
 
@@ -148,6 +153,8 @@ class Negotiation:
             return
         endpoint = (self.model, self._base_key)
         _ENDPOINT_MODES[endpoint] = mode
+        _CONFIRMED.add(endpoint)
+        self._confirmed = True
         if (self.model, self._base_key, mode) not in _LOGGED_MODES:
             _LOGGED_MODES.add((self.model, self._base_key, mode))
             logger.info(

@@ -170,7 +170,8 @@ class Retrying:
         _error_classes()
         if isinstance(exc, _FATAL) or "missing credentials" in str(exc).lower():
             raise LMConfigurationError(
-                f"{self.model} rejected the request ({type(exc).__name__}): {exc}. "
+                f"{self.model} rejected the request ({type(exc).__name__}): "
+                f"{str(exc).rstrip('.')}. "
                 "Check the model name, `api_base` and `api_key` (for a server "
                 "without auth, pass any placeholder key)."
             ) from exc

@@ -9,16 +9,16 @@ tasks that the run starts inherit it and the other run's tasks do not, so every 
 its usage to the scopes of the run that made it (and to the LM's global totals).
 
 A scope also watches the run's first generations so that a run never fails silently: when the
-first :data:`FAIL_FAST_AFTER` generations all fail with the same error, or every generation of
-a run fails, it raises :class:`~promptfit.errors.LMCallsFailingError` (or warns once, with
-``fail_fast=False``) quoting the server.
+first :data:`FAIL_FAST_AFTER` generations all fail with the same kind of error (exception class
+and HTTP status, whatever the text), or every generation of a run fails, it raises
+:class:`~promptfit.errors.LMCallsFailingError` (or warns once, with ``fail_fast=False``)
+quoting the server.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import re
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,7 +38,7 @@ __all__ = [
     "usage_totals",
 ]
 
-# How many failed first generations, all with the same error, end a run early.
+# How many failed first generations, all with the same kind of error, end a run early.
 FAIL_FAST_AFTER = 5
 
 _SCOPE: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
@@ -58,6 +58,9 @@ class RunScope:
         # The first failures while nothing has succeeded: (signature, lm, error).
         self._first: list[tuple[str, Any, BaseException]] = []
         self._reported = False
+        # The same, per language model: one LM of several can fail every call while the
+        # others answer (a second generator, a judge, an optimizer's proposer).
+        self._by_lm: weakref.WeakKeyDictionary[Any, _LMOutcomes] = weakref.WeakKeyDictionary()
 
     # -- usage ---------------------------------------------------------------------------
     def usage_of(self, lm: Any) -> Usage:
@@ -89,39 +92,113 @@ class RunScope:
             scope = scope.parent
 
     def _record(self, lm: Any, error: BaseException | None) -> None:
+        outcomes = self._by_lm.get(lm)
+        if outcomes is None:
+            outcomes = self._by_lm[lm] = _LMOutcomes()
         if error is None:
             self.succeeded += 1
             self._first.clear()
+            outcomes.succeeded += 1
             return
         self.failed += 1
+        outcomes.failed += 1
+        if not outcomes.succeeded and len(outcomes.first) < FAIL_FAST_AFTER:
+            outcomes.first.append((_signature(error), error))
         if self.succeeded or self._reported or len(self._first) >= FAIL_FAST_AFTER:
+            if (
+                self.succeeded
+                and len(outcomes.first) == FAIL_FAST_AFTER
+                and len({s for s, _ in outcomes.first}) == 1
+            ):
+                self._warn_about(
+                    lm,
+                    f"The first {FAIL_FAST_AFTER} LM calls of this run to {_name(lm)} all "
+                    "failed with the same kind of error, while its other LM calls succeed",
+                )
             return
         self._first.append((_signature(error), lm, error))
         if len(self._first) == FAIL_FAST_AFTER and len({s for s, _, _ in self._first}) == 1:
             self._report(
-                f"The first {FAIL_FAST_AFTER} LM calls of this run all failed with the same error"
+                f"The first {FAIL_FAST_AFTER} LM calls of this run all failed with the same kind "
+                "of error"
             )
 
     def check_end(self) -> None:
-        """At the end of a run: every generation failed is an error (or one warning)."""
+        """At the end of a run: every generation failed is an error (or one warning); every
+        call to one of its LMs failed, while others answered, is one warning."""
         if self.failed and not self.succeeded and not self._reported and self._first:
             self._report(f"All {self.failed} LM calls of this run failed")
+        if not self.succeeded:
+            return
+        for lm, outcomes in list(self._by_lm.items()):
+            if outcomes.failed and not outcomes.succeeded:
+                self._warn_about(
+                    lm, f"All {outcomes.failed} LM calls of this run to {_name(lm)} failed"
+                )
+
+    def _warn_about(self, lm: Any, what: str) -> None:
+        """Warn once per run that every call to ``lm`` fails, quoting its server.
+
+        A warning, not an error, whatever ``fail_fast``: the run's other LMs answer, and an
+        auxiliary LM (an optimizer's proposer, a judge) that fails may leave a useful run.
+        """
+        if self._reported and self._first and self._first[0][1] is lm:
+            return  # the run's own report already quoted this LM's failure
+        scope: RunScope | None = self
+        while scope is not None:  # the enclosing runs count the same calls: one warning
+            outcomes = scope._by_lm.get(lm)
+            if outcomes is not None:
+                if outcomes.reported:
+                    return
+                outcomes.reported = True
+            scope = scope.parent
+        outcomes = self._by_lm[lm]
+        error = outcomes.first[0][1]
+        warnings.warn(
+            f"{what}. The first error{_where(lm)}: {type(error).__name__}: "
+            f"{server_message(error)} -- {_hint(error, lm)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _report(self, what: str) -> None:
         self._reported = True
         _, lm, error = self._first[0]
         message = (
             f"{what}. The first error, from {getattr(lm, 'model', lm)!r}{_where(lm)}: "
-            f"{type(error).__name__}: {server_message(error)} -- {_hint(error)}"
+            f"{type(error).__name__}: {server_message(error)} -- {_hint(error, lm)}"
         )
         if self.fail_fast:
             raise LMCallsFailingError(f"{message} (Pass fail_fast=False to run on anyway.)")
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
+class _LMOutcomes:
+    """How one language model's generations went in one run."""
+
+    __slots__ = ("failed", "first", "reported", "succeeded")
+
+    def __init__(self) -> None:
+        self.succeeded = 0
+        self.failed = 0
+        self.first: list[tuple[str, BaseException]] = []  # its first failures, none before
+        self.reported = False
+
+
+def _name(lm: Any) -> str:
+    return repr(getattr(lm, "model", lm))
+
+
 def _signature(error: BaseException) -> str:
-    """An error's kind and text with numbers blanked (attempt counts, request ids)."""
-    return f"{type(error).__name__}:{re.sub(r'[0-9a-f]*[0-9][0-9a-f]*', '#', str(error))[:300]}"
+    """An error's kind: its class and HTTP status, not its text.
+
+    Why not the text: the text of one systemic failure differs from call to call. A server
+    that answers every request with prose instead of JSON fails each call with an
+    :class:`InvalidOutputError` quoting a different reply; a server that refuses every
+    request may echo the request, a request id or a token count. Comparing texts let such a
+    run spend all its data before the end-of-run check spoke up.
+    """
+    return f"{type(error).__name__}:{getattr(error, 'status_code', None)}"
 
 
 def _where(lm: Any) -> str:
@@ -129,8 +206,8 @@ def _where(lm: Any) -> str:
     return f" at {api_base}" if api_base else ""
 
 
-def _hint(error: BaseException) -> str:
-    """What to try, from the kind of failure."""
+def _hint(error: BaseException, lm: Any = None) -> str:
+    """What to try, from the kind of failure (and the structured-output mode ``lm`` sends)."""
     name = type(error).__name__
     status = getattr(error, "status_code", None)
     if name == "InvalidOutputError":
@@ -156,10 +233,19 @@ def _hint(error: BaseException) -> str:
             "the server fails on every request: check its logs; if it cannot handle the "
             "requested response format, pin structured_output='json_text'."
         )
-    return (
+    hint = (
         "the server refuses every request: check the model name, `api_base` and the extra "
         "litellm arguments."
     )
+    mode = getattr(lm, "output_mode", "json_text")
+    if mode != "json_text":
+        # A server may reject the response_format without naming it (then no negotiation
+        # could recognise the refusal): say which one was sent, and how to send less.
+        hint += (
+            f" If it is the response format (requests carry structured_output={mode!r}), pin "
+            "structured_output='json_object' or 'json_text'."
+        )
+    return hint
 
 
 # -- the context variable ----------------------------------------------------------------

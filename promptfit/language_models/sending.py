@@ -71,6 +71,15 @@ class Replica:
         self.cooling_until = 0.0
 
 
+def _reply_text(response: Any) -> str:
+    """A litellm response as the JSON the server sent (near enough), cut for a message."""
+    try:
+        text = response.model_dump_json(exclude_none=True)
+    except Exception:  # any object: its repr will do
+        text = repr(response)
+    return str(text)[:300]
+
+
 class Sending:
     """How :class:`~promptfit.language_models.LanguageModel` sends a request (a mixin)."""
 
@@ -139,7 +148,17 @@ class Sending:
         completion_tokens = int(getattr(usage_info, "completion_tokens", 0) or 0)
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = float(hidden.get("response_cost") or 0.0)
-        content = response.choices[0].message.content or ""
+        choices = getattr(response, "choices", None)
+        if not choices:
+            # A 200 without choices (a gateway's placeholder, a misrouted endpoint): say so
+            # with the reply in it, as the lean path does, instead of an IndexError, and count
+            # the request, which was sent.
+            add_usage(self, calls=1)
+            raise _http.APIError(
+                f"OpenAIException - The reply is not a chat completion: {_reply_text(response)!r}",
+                status_code=200,
+            )
+        content = choices[0].message.content or ""
         return self._counted_reply(
             content, prompt_tokens, completion_tokens, cost, request, output_model
         )

@@ -230,14 +230,22 @@ class Trainer:
         return CallbackList(list(callbacks or []), program=self._program, params=params)
 
     # -- predict -------------------------------------------------------------------------
+    @run_scope
     async def predict(
         self,
         x: Any,
         batch_size: int | None = 32,
         verbose: Verbose = "auto",
         callbacks: Sequence[Callback] | None = None,
+        *,
+        fail_fast: bool = True,
     ) -> list[Any]:
-        """Run the program on ``x``; returns one output per example, ``None`` where it failed."""
+        """Run the program on ``x``; returns one output per example, ``None`` where it failed.
+
+        Args:
+            fail_fast: As for :meth:`evaluate`: a server failing every call raises (or, with
+                ``False``, warns once) instead of returning a list of ``None``.
+        """
         batch_size = _check_batch_size(batch_size)
         check_verbose(verbose)
         check_callbacks(callbacks)
