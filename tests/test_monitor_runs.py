@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,7 +99,8 @@ class FaultProxy:
     ``lose_dataset_replies``: the first ``runs/log-inputs`` request is forwarded (MLflow stores
     the data sets) but its reply is dropped; every retry gets the 500 that MLflow answers when
     a retry races the first insert (its UNIQUE constraint). ``hang``: from then on, requests
-    are held without an answer until :meth:`close`.
+    are held without an answer until :meth:`close`. ``delay``: seconds each request waits
+    before it is forwarded (a slow server that still answers every call).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -107,6 +109,7 @@ class FaultProxy:
         self.hang = threading.Event()
         self.release = threading.Event()
         self.lose_dataset_replies = False
+        self.delay = 0.0
         self.dataset_requests = 0
         self.held = 0  # requests held by the hang
         self.lock = threading.Lock()
@@ -144,6 +147,8 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 status, headers, data = proxy.forward(self.command, self.path, self.headers, body)
                 self.send_response(status)
                 for key, value in headers:
@@ -369,10 +374,11 @@ def test_flush_timeout_bounds_the_wait_for_a_hung_server(
     before = set(threading.enumerate())
     try:
         program = asyncio.run(calc_program())
-        # (If the hang caught the worker before it marked its first upload done, the Monitor
-        # also warns that the server stopped answering; either way flush_timeout bounds it.)
-        with caplog.at_level(logging.INFO, logger="promptfit"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with (
+            caplog.at_level(logging.INFO, logger="promptfit"),
+            warnings.catch_warnings(record=True) as records,
+        ):
+            warnings.simplefilter("always")
             history = _fit(program, [monitor, OnEpochEnd(hang_after_first_epoch)], epochs=2)
         # fit returned while this fit's upload was still held by the hung server: the wait
         # was bounded by flush_timeout, not by the upload.
@@ -390,3 +396,59 @@ def test_flush_timeout_bounds_the_wait_for_a_hung_server(
     unsent = [r for r in caplog.records if "before the end" in r.getMessage()]
     assert unsent, [r.getMessage() for r in caplog.records]
     assert direct.get_run(monitor.run_id).info.status == "RUNNING"  # the end never arrived
+    # The cut-off upload is said once, as the server not answering (whether the hang caught
+    # an epoch's upload or only the last one).
+    ours = _promptfit_warnings(records)
+    assert len(ours) == 1 and "is unreachable" in ours[0], ours
+
+
+@pytest.mark.mlflow_server
+def test_a_slow_server_that_answers_gets_the_whole_last_upload(
+    mlflow_server: MlflowServer, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The end of a fit waits for a server that keeps answering, past ``flush_timeout``.
+
+    Every request is answered, but only after ``proxy.delay`` (a loaded machine, a server
+    emptying a long outage's buffer): the last upload (metrics, prompt versions, artifacts,
+    the logged model, the run's end) takes many times ``flush_timeout`` in all, while no call
+    goes unanswered for that long. It must land in full and end the run FINISHED; a total
+    ``flush_timeout`` cut it off and left the run RUNNING for good.
+    """
+    proxy = FaultProxy(mlflow_server.port)
+    mark_reachable(proxy.url)
+    direct = _client(mlflow_server.url)
+    monitor = Monitor(tracking_uri=proxy.url, experiment_name="slow", flush_timeout=3.0)
+    checkpoint = ProgramCheckpoint(
+        filepath=str(tmp_path / "ckpt" / "calc-{epoch:02d}.json"), monitor="reward",
+        save_best_only=True,
+    )  # fmt: skip
+
+    async def slow_down_after_first_epoch(epoch: int) -> None:
+        if epoch == 0:
+            assert await _wait_for(
+                lambda: (
+                    monitor.run_id is not None
+                    and bool(direct.get_metric_history(monitor.run_id, "reward"))
+                ),
+                120,
+            )
+            proxy.delay = 0.4
+
+    try:
+        program = asyncio.run(calc_program())
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            history = _fit(
+                program, [checkpoint, monitor, OnEpochEnd(slow_down_after_first_epoch)], epochs=2
+            )
+    finally:
+        proxy.close()
+    assert len(history.epoch) == 2
+    assert not _promptfit_warnings(records), _promptfit_warnings(records)
+    run = direct.get_run(monitor.run_id)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in _history(direct, monitor.run_id, "reward")] == [0, 1]
+    assert run.data.metrics["usage/calls"] > 0
+    assert run.outputs.model_outputs  # the logged model, one of the last things sent
+    latest = direct.get_prompt_version_by_alias("calc.answer", "latest-trained")
+    assert latest.tags["promptfit.run_id"] == monitor.run_id

@@ -38,6 +38,12 @@ __all__ = ["RunPlan", "RunUploader"]
 logger = logging.getLogger("promptfit")
 
 LOCAL_STORE_WAIT_S = 120.0
+# The end of a fit waits at most this long for a tracking server that keeps answering (see
+# RunUploader.close): long enough for a busy server to take a long outage's buffer, short
+# enough that a server answering one call a minute cannot hold the program for ever.
+FINAL_UPLOAD_CAP_S = 120.0
+# A server that was down (or never answered) gets this long to answer its first call at the end.
+DOWN_GRACE_S = 4.0
 _MAX_BUFFERED_METRICS = 200_000
 
 MetricRow = tuple[str, float, int, int]  # (key, value, timestamp ms, step)
@@ -127,6 +133,10 @@ class RunUploader:
         self.end_requested = False
         self.requested = 0
         self.completed = 0
+        # When the server last answered a call (an error reply counts), and whether the last
+        # call got an answer: set by _AnsweringClient on the worker, read by close().
+        self.answered_at = 0.0
+        self.answering = False
         self.client: Any = None
         self.staging = StagingArea(plan.secrets)
         self.warned_rejected = False  # one 'rejected' warning per fit
@@ -197,11 +207,17 @@ class RunUploader:
     async def close(self, flush_timeout: float) -> None:
         """Ask for the final flush (which ends the run with :attr:`status`) and wait for it.
 
-        A cancelled fit (``KILLED``) never waits. Otherwise: a server that has been answering
-        gets ``flush_timeout``; one that is down or has not answered yet gets at most 4 s (a
-        server that came back answers within a second, a hung one never does); a local store,
-        which cannot hang but may take long to create its database, is waited for until
-        written (at least 2 minutes).
+        A cancelled fit (``KILLED``) never waits. A local store, which cannot hang but may take
+        long to create its database, is waited for until written (at least 2 minutes).
+
+        A tracking server is waited for as long as it keeps answering: the wait ends only
+        after ``flush_timeout`` seconds without an answer to any call (4 s at most while the
+        server is down or has not answered yet: a hung server never answers, one that came
+        back answers within a second), or after :data:`FINAL_UPLOAD_CAP_S` in all. Why not a
+        fixed total: on a loaded machine a server that is back after an outage, or just slow,
+        can need more than ``flush_timeout`` for the whole last upload (metrics, prompt
+        versions, artifacts, the logged model, each several calls); cutting it off there left
+        the run ``RUNNING`` for good. If the upload cannot finish, ONE warning says so.
         """
         with self.lock:
             self.end_requested = True
@@ -209,26 +225,47 @@ class RunUploader:
         if self.status == "KILLED":
             return  # the worker finishes in the background; never delay a cancellation
         remote = self.uri.startswith(("http://", "https://"))
-        if remote and (self.down or not self.succeeded):
-            flush_timeout = min(flush_timeout, 4.0)
-        elif not remote:
-            flush_timeout = max(flush_timeout, LOCAL_STORE_WAIT_S)
-        deadline = time.monotonic() + flush_timeout
-        while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
+        started = time.monotonic()
+        cap = max(flush_timeout, FINAL_UPLOAD_CAP_S if remote else LOCAL_STORE_WAIT_S)
+        grace = self._grace(flush_timeout) if remote else cap
+        while self.completed < target and self.thread.is_alive():
+            now = time.monotonic()
+            if remote:
+                grace = self._grace(flush_timeout)
+            if now - max(started, self.answered_at) >= grace or now - started >= cap:
+                break
             await anyio.sleep(0.02)
         if self.completed >= target:
             # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
             # let it, so fit returns with the environment restored.
             await anyio.to_thread.run_sync(self.thread.join, 2.0)
-        if remote and self.completed < target and not self.succeeded and not self.disabled:
-            from promptfit.observability.mlflow_backend import report_unreachable
-
-            # Say it now, not from the worker after fit has returned (or never, at exit).
-            report_unreachable(self.uri, f"no answer within {flush_timeout:.0f}s")
+        elif not self.disabled and self.thread.is_alive():
+            self._report_cut_off(time.monotonic() - started, grace, remote)
         with self.lock:
             unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
         if unsent and not self.disabled:
             logger.info("Monitor: %d items could not be sent to MLflow before the end.", unsent)
+
+    def _grace(self, flush_timeout: float) -> float:
+        """Seconds without an answer after which ``close`` gives up on a tracking server:
+        ``flush_timeout`` while its last call got an answer, else at most 4 s."""
+        return flush_timeout if self.answering else min(flush_timeout, DOWN_GRACE_S)
+
+    def _report_cut_off(self, waited: float, grace: float, remote: bool) -> None:
+        """The end of the fit stopped waiting with the last upload unfinished: one warning."""
+        from promptfit.observability.mlflow_backend import redact_uri, report_unreachable
+
+        silent = time.monotonic() - self.answered_at >= grace
+        if remote and silent:
+            # Said now, not from the worker after fit has returned (or never, at exit); one
+            # warning per outage, shared with the rest of the outage's reports.
+            report_unreachable(self.uri, f"no answer within {grace:.0f}s")
+            return
+        steps.warn_from_worker(
+            f"promptfit: the Monitor's last upload to {redact_uri(self.uri)} was still running "
+            f"after {waited:.0f}s; the run stays RUNNING and what was not sent is dropped. "
+            "Training results are unaffected; pass Monitor(flush_timeout=...) to wait longer."
+        )
 
     def span_backend(self) -> Any:
         """The installed MLflow tracing backend if it writes to this run's store, else None."""
@@ -316,6 +353,7 @@ class RunUploader:
                 )
                 return
             self.down = True
+            self.answering = False
             report_unreachable(self.uri, exc, started_at=started_at)
             return
         if self.down:
@@ -328,7 +366,7 @@ class RunUploader:
         if self.client is None:
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client = _AnsweringClient(MlflowClient(tracking_uri=self.uri), self)
         return self.client
 
     def _start_run(self, client: Any) -> None:
@@ -375,6 +413,45 @@ class RunUploader:
         key, value, timestamp, step = row
         offset = self.batch_offset if key.startswith("batch/") else self.epoch_offset
         return (key, value, timestamp, step + offset)
+
+
+class _AnsweringClient:
+    """An ``MlflowClient`` that records, on its uploader, whether the server answers.
+
+    :meth:`RunUploader.close` keeps waiting for a server that answers call after call and gives
+    up on one that stays silent; one upload step (registering prompts, logging the model) can
+    take several calls, each slow on a busy machine, so progress is judged per call.
+    """
+
+    def __init__(self, client: Any, uploader: RunUploader) -> None:
+        self._client = client
+        self._uploader = uploader
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from mlflow.exceptions import RestException
+
+            try:
+                result = attribute(*args, **kwargs)
+            except RestException:  # an error reply is an answer too
+                self._answered(True)
+                raise
+            except Exception:
+                self._answered(False)
+                raise
+            self._answered(True)
+            return result
+
+        return call
+
+    def _answered(self, answered: bool) -> None:
+        if answered:
+            self._uploader.answered_at = time.monotonic()
+        self._uploader.answering = answered
 
 
 def _next_steps(client: Any, run: Any) -> tuple[int, int]:
