@@ -452,3 +452,55 @@ def test_a_slow_server_that_answers_gets_the_whole_last_upload(
     assert run.outputs.model_outputs  # the logged model, one of the last things sent
     latest = direct.get_prompt_version_by_alias("calc.answer", "latest-trained")
     assert latest.tags["promptfit.run_id"] == monitor.run_id
+
+
+# -- items MLflow refuses ---------------------------------------------------------------------
+@pytest.mark.parametrize("store_uri", STORES, indirect=True)
+def test_params_and_tags_mlflow_refuses_cost_only_themselves(
+    store_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow refuses a whole ``log_batch`` for one bad item; the others must still land.
+
+    The run already has ``epochs`` with another value (MLflow never changes a param), and one
+    tag key resolves to another path: each batch they are in is refused, the upload step
+    falls back to one call per item (``upload_steps._send_one_by_one``), drops just those two
+    with ONE warning, and sends everything else, across MLflow's 100-item batches.
+    """
+    import mlflow
+
+    from promptfit.observability import upload_steps
+    from promptfit.observability.uploader import RunPlan, RunUploader
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri)
+    name = f"refused-{time.monotonic_ns()}"
+    run_id = client.create_run(client.create_experiment(name)).info.run_id
+    client.log_param(run_id, "epochs", "5")
+    plan = RunPlan(
+        uri=store_uri, experiment=name, run_name=None, config_payload={}, params={}, tags={},
+        model_params={}, dataset_jobs=[], secrets=[], program_name="calc",
+    )  # fmt: skip
+    uploader = RunUploader(plan)  # the real outbox (its worker waits for a kick that never comes)
+    try:
+        uploader.run_id = run_id
+        many = {f"p{i:03d}": str(i) for i in range(150)}
+        uploader.params = {"epochs": "3", **many}
+        uploader.tags = {"team": "search", "../escape": "x", "note": "kept"}
+        with (
+            caplog.at_level(logging.DEBUG, logger="promptfit"),
+            warnings.catch_warnings(record=True) as records,
+        ):
+            warnings.simplefilter("always")
+            upload_steps.send_params(uploader, client)
+    finally:
+        uploader.abandon()
+        uploader.thread.join(30)
+    assert not uploader.params and not uploader.tags  # nothing left to retry for ever
+    run = client.get_run(run_id)
+    assert run.data.params == {"epochs": "5", **many}  # the first value is kept
+    assert run.data.tags["team"] == "search" and run.data.tags["note"] == "kept"
+    assert "../escape" not in run.data.tags
+    ours = _promptfit_warnings(records)
+    assert len(ours) == 1 and "rejected" in ours[0] and "'epochs'" in ours[0], ours
+    rejected = [r.getMessage() for r in caplog.records if "MLflow rejected" in r.getMessage()]
+    assert any("param 'epochs'" in m for m in rejected), rejected
+    assert any("tag '../escape'" in m for m in rejected), rejected
