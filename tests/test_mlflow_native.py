@@ -178,6 +178,51 @@ def test_trained_prompts_datasets_and_logged_model(
     assert loaded.get_module("answer").prompt.value == final
 
 
+def test_each_new_best_is_a_version_and_best_follows_it(
+    store: str, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A version per new best, holding exactly the prompt of that best's checkpoint file.
+
+    ``accuracy=0.7`` makes the test model's answers depend on the prompt, so the validation
+    score climbs over the epochs (0.33, 0.67, 0.67, 1.0 with these seeds) and the checkpoint
+    saves three new bests. Each must be a registry version tagged with its epoch and score,
+    ``best`` must end on the last of them, and ``latest-trained`` on the final prompt (the
+    same content as the last best: the same version, not a copy).
+    """
+    monitor = Monitor(tracking_uri=store, experiment_name="bests", prompt_name="bests.{module}")
+    program = asyncio.run(calc_program(accuracy=0.7, seed=1))
+    checkpoint = ProgramCheckpoint(
+        filepath=str(tmp_path / "ckpt" / "calc-{epoch:02d}.json"), monitor="val_reward",
+        save_best_only=True,
+    )  # fmt: skip
+    x, y = arithmetic_data(12)
+    callbacks = [checkpoint, monitor]
+    fit = program.fit(x, y, epochs=4, batch_size=3, verbose=0, validation_split=0.25, seed=3,
+                      callbacks=callbacks)  # fmt: skip
+    history = asyncio.run(fit)
+    saved = sorted((tmp_path / "ckpt").glob("calc-*.json"))
+    assert len(saved) >= 2, (history.history["val_reward"], saved)  # else nothing is tested
+    client = _client(store)
+    versions = _versions(client, "bests.answer")
+    by_epoch = {int(v.tags["promptfit.epoch"]): v for v in versions}
+    assert len(by_epoch) == len(versions) == len(saved)
+    for file in saved:
+        epoch = int(file.stem.rsplit("-", 1)[1])
+        version = by_epoch[epoch]
+        stored = json.loads(file.read_text())["variables"]["answer/prompt"]
+        assert prompt_value_from_template(version.template) == stored, epoch
+        score = history.history["val_reward"][epoch - 1]
+        assert float(version.tags["promptfit.score"]) == score
+        assert version.tags["promptfit.monitor"] == "val_reward"
+        assert version.tags["promptfit.run_id"] == monitor.run_id
+    last = by_epoch[max(by_epoch)]
+    best = client.get_prompt_version_by_alias("bests.answer", "best")
+    assert best.version == last.version
+    latest = client.get_prompt_version_by_alias("bests.answer", "latest-trained")
+    assert prompt_value_from_template(latest.template) == program.get_module("answer").prompt.value
+    assert latest.version == last.version
+
+
 def test_resumed_fit_reuses_its_prompt_versions(
     calc_program: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -107,11 +107,13 @@ class Monitor(Callback):
         log_model: At the end of a successful fit, log the trained program as an MLflow
             logged model of the run (the program JSON and the fit configuration as its
             artifacts, the final epoch's metrics linked to it).
-        flush_timeout: Most seconds ``on_train_end`` waits for the last upload to a tracking
-            server (data still unsent after that is dropped, with the warning already shown;
-            a server that is down or never answered gets 4 s). A local store (SQLite file)
-            cannot hang and is waited for until written, up to 2 minutes, because creating
-            its database the first time can be slow.
+        flush_timeout: Most seconds ``on_train_end`` waits for an answer from a tracking
+            server while it sends the last upload (4 s at most when the server's last call
+            got no answer). A server that keeps answering is waited for until the run is
+            ended, up to 2 minutes in all, so a slow or just-recovered server does not leave
+            the run ``RUNNING``; what is still unsent when the wait ends is dropped, with one
+            warning. A local store (SQLite file) cannot hang and is waited for until written,
+            up to 2 minutes, because creating its database the first time can be slow.
 
     Example:
         ```python
@@ -409,7 +411,7 @@ class Monitor(Callback):
 
     async def _finish(self, session: RunUploader) -> None:
         """Record the end of the fit (program, final prompts, best checkpoint, usage) and
-        wait, within ``flush_timeout``, for the upload that ends the run."""
+        wait for the upload that ends the run (bounded: see ``flush_timeout``)."""
         from promptfit.observability.run_params import mlflow_key
 
         program = self.program
