@@ -9,6 +9,7 @@ replies and a hung server). Runs, metrics, inputs and artifacts are read back th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
@@ -100,7 +101,8 @@ class FaultProxy:
     the data sets) but its reply is dropped; every retry gets the 500 that MLflow answers when
     a retry races the first insert (its UNIQUE constraint). ``hang``: from then on, requests
     are held without an answer until :meth:`close`. ``delay``: seconds each request waits
-    before it is forwarded (a slow server that still answers every call).
+    before it is forwarded (a slow server that still answers every call); ``delays``: the same
+    for the requests whose path ends with a key, e.g. ``{"/runs/create": 3.0}``.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -110,6 +112,7 @@ class FaultProxy:
         self.release = threading.Event()
         self.lose_dataset_replies = False
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.dataset_requests = 0
         self.held = 0  # requests held by the hang
         self.lock = threading.Lock()
@@ -147,8 +150,11 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                if proxy.delay:
-                    time.sleep(proxy.delay)
+                delay = proxy.delay + sum(
+                    seconds for end, seconds in proxy.delays.items() if self.path.endswith(end)
+                )
+                if delay:
+                    time.sleep(delay)
                 status, headers, data = proxy.forward(self.command, self.path, self.headers, body)
                 self.send_response(status)
                 for key, value in headers:
@@ -209,6 +215,45 @@ def test_run_id_continues_the_runs_step_numbers(
     assert [s for s, _ in _history(client, first.run_id, "reward")] == [0, 1, 2, 3]
     # Two batches of 3 per epoch: global batch steps 0-3 in the first fit, 4-7 in the second.
     assert [s for s, _ in _history(client, first.run_id, "batch/reward")] == list(range(8))
+
+
+# -- a backup at the first epoch end ------------------------------------------------------------
+@pytest.mark.mlflow_server
+def test_first_backup_knows_the_run_a_slow_server_is_creating(
+    mlflow_server: MlflowServer, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The backup taken at the first epoch end must hold the run id, however slow the server.
+
+    The server answers each call of the run's creation (looking the experiment up, creating
+    the run) after 3 s: more than the 5 s the backup used to wait in all, less than the 5 s it
+    now allows per unanswered call. Without the id in the backup, the resumed fit after the
+    crash started a second run (and registered its prompts again under another run id).
+    """
+    proxy = FaultProxy(mlflow_server.port)
+    proxy.delays = {"/experiments/get-by-name": 3.0, "/runs/create": 3.0}
+    mark_reachable(proxy.url)
+    backup = BackupAndRestore(backup_dir=tmp_path / "bk")
+
+    async def attempt(crash_at: int) -> Monitor:
+        program = await calc_program(tag="slow-create")
+        monitor = Monitor(tracking_uri=proxy.url, experiment_name="slow-create")
+        x, y = arithmetic_data(6)
+        callbacks = [monitor, Raise(crash_at, RuntimeError("crash")), backup]
+        with contextlib.suppress(RuntimeError):
+            await program.fit(x, y, epochs=2, batch_size=3, verbose=0, callbacks=callbacks)
+        return monitor
+
+    try:
+        first = asyncio.run(attempt(crash_at=1))
+        second = asyncio.run(attempt(crash_at=-1))
+    finally:
+        proxy.close()
+    assert first.run_id is not None and second.run_id == first.run_id
+    client = _client(mlflow_server.url)
+    assert len(_runs(client, "slow-create")) == 1
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in _history(client, first.run_id, "reward")] == [0, 1]
 
 
 # -- a refused resume ---------------------------------------------------------------------------

@@ -185,18 +185,18 @@ class Monitor(Callback):
         """``{"run_id": ...}``: what a resumed fit needs to continue the same run (plus the
         step offset of a continued ``run_id=`` run, so the resumed fit keeps numbering).
 
-        If the run is being created right now (first upload in flight), waits for it so a
-        backup taken at the first epoch end already knows the run id: briefly for a server
-        (which may hang), until written for a local store (which cannot hang, but whose
-        database can take many seconds to create on a busy machine; a backup without the run
-        id would make the resumed fit start a second run).
+        If the run is being created right now, waits until its id is known so a backup taken
+        at the first epoch end has it (a backup without the run id would make the resumed fit
+        start a second run): for a server, while it answers (up to 5 s without an answer, 2
+        minutes in all; a hung one never answers), for a local store until written (it cannot
+        hang, but its database can take many seconds to create on a busy machine).
         """
         session = self._session
         state: dict[str, Any] = {}
         if session is not None and session.active:
             remote = session.uri.startswith(("http://", "https://"))
-            wait = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
-            session.wait_first_attempt(wait)
+            silence = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
+            session.wait_run_known(silence, cap=_LOCAL_STORE_WAIT_S)
             if session.epoch_offset or session.batch_offset:
                 state["step_offsets"] = [session.epoch_offset, session.batch_offset]
         elif self._loaded_offsets is not None:

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 
 from promptfit.observability import upload_steps as steps
+from promptfit.observability.answering import AnsweringClient
 from promptfit.observability.artifacts import StagingArea
 from promptfit.observability.registry import PromptJob
 from promptfit.observability.run_params import mlflow_key, number
@@ -133,9 +134,11 @@ class RunUploader:
         self.end_requested = False
         self.requested = 0
         self.completed = 0
-        # When the server last answered a call (an error reply counts), and whether the last
-        # call got an answer: set by _AnsweringClient on the worker, read by close().
-        self.answered_at = 0.0
+        # When the call now waiting for the store began (None while no call is in flight: the
+        # worker is busy with local work, not waiting), and whether the last call got an
+        # answer (an error reply counts): set by AnsweringClient on the worker, read by
+        # close() and wait_run_known().
+        self.call_started_at: float | None = None
         self.answering = False
         self.client: Any = None
         self.staging = StagingArea(plan.secrets)
@@ -181,9 +184,30 @@ class RunUploader:
         self.wake.set()
         return target
 
-    def wait_first_attempt(self, timeout: float) -> None:
-        if self.kicked and not self.first_attempt.is_set():
-            self.first_attempt.wait(timeout=timeout)
+    def wait_run_known(self, silence: float, cap: float) -> None:
+        """Block until the run id is known or the first attempt to create it has ended.
+
+        Gives up when a call has gone ``silence`` seconds without an answer and the server
+        does not answer its health check either (hung, not slow), or after ``cap`` in all.
+        Why the run id and not the whole first upload: a backup taken at the first epoch end
+        needs only the id (without it the resumed fit starts a second run), while the first
+        upload (params, data sets, prompt versions, artifacts) can take far longer than any
+        fixed wait on a slow or loaded server.
+        """
+        from promptfit.observability.mlflow_backend import server_healthy
+
+        if not self.kicked:
+            return
+        remote = self.uri.startswith(("http://", "https://"))
+        started = since = time.monotonic()
+        while self.run_id is None and not self.first_attempt.is_set():
+            if time.monotonic() - started >= cap:
+                return
+            if self._silent_for(since) >= silence:
+                if not remote or not server_healthy(self.uri):
+                    return
+                since = time.monotonic()  # alive, only slow: keep waiting
+            self.first_attempt.wait(0.02)
 
     async def wait_for_run(self, timeout: float) -> None:
         """Until the run exists or the first attempt to create it has failed (or timeout)."""
@@ -210,10 +234,10 @@ class RunUploader:
         A cancelled fit (``KILLED``) never waits. A local store, which cannot hang but may take
         long to create its database, is waited for until written (at least 2 minutes).
 
-        A tracking server is waited for as long as it keeps answering: the wait ends only
-        after ``flush_timeout`` seconds without an answer to any call (4 s at most while the
-        server is down or has not answered yet: a hung server never answers, one that came
-        back answers within a second), or after :data:`FINAL_UPLOAD_CAP_S` in all. Why not a
+        A tracking server is waited for as long as it is alive: when one call has gone
+        ``flush_timeout`` seconds without an answer (4 s at most when the call before got
+        none), the server's ``/health`` is asked; a server that answers it is slow, not hung,
+        and the wait goes on, up to :data:`FINAL_UPLOAD_CAP_S` in all. Why not a
         fixed total: on a loaded machine a server that is back after an outage, or just slow,
         can need more than ``flush_timeout`` for the whole last upload (metrics, prompt
         versions, artifacts, the logged model, each several calls); cutting it off there left
@@ -224,23 +248,30 @@ class RunUploader:
         target = self.kick()
         if self.status == "KILLED":
             return  # the worker finishes in the background; never delay a cancellation
+        from promptfit.observability.mlflow_backend import server_healthy
+
         remote = self.uri.startswith(("http://", "https://"))
-        started = time.monotonic()
+        started = since = time.monotonic()
         cap = max(flush_timeout, FINAL_UPLOAD_CAP_S if remote else LOCAL_STORE_WAIT_S)
         grace = self._grace(flush_timeout) if remote else cap
         while self.completed < target and self.thread.is_alive():
-            now = time.monotonic()
+            if time.monotonic() - started >= cap:
+                break
             if remote:
                 grace = self._grace(flush_timeout)
-            if now - max(started, self.answered_at) >= grace or now - started >= cap:
-                break
+            if self._silent_for(since) >= grace:
+                # One call unanswered that long: hung, or only slow? A server that answers
+                # its health check is alive (one call can be many requests on a busy server).
+                if not remote or not await anyio.to_thread.run_sync(server_healthy, self.uri):
+                    break
+                since = time.monotonic()
             await anyio.sleep(0.02)
         if self.completed >= target:
             # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
             # let it, so fit returns with the environment restored.
             await anyio.to_thread.run_sync(self.thread.join, 2.0)
         elif not self.disabled and self.thread.is_alive():
-            self._report_cut_off(time.monotonic() - started, grace, remote)
+            self._report_cut_off(started, since, grace, remote)
         with self.lock:
             unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
         if unsent and not self.disabled:
@@ -251,12 +282,18 @@ class RunUploader:
         ``flush_timeout`` while its last call got an answer, else at most 4 s."""
         return flush_timeout if self.answering else min(flush_timeout, DOWN_GRACE_S)
 
-    def _report_cut_off(self, waited: float, grace: float, remote: bool) -> None:
+    def _silent_for(self, since: float) -> float:
+        """Seconds the store has left the current call unanswered, counted from ``since`` at
+        the earliest; 0 while no call is in flight (local work is not the store's silence)."""
+        pending = self.call_started_at
+        return 0.0 if pending is None else time.monotonic() - max(since, pending)
+
+    def _report_cut_off(self, started: float, since: float, grace: float, remote: bool) -> None:
         """The end of the fit stopped waiting with the last upload unfinished: one warning."""
         from promptfit.observability.mlflow_backend import redact_uri, report_unreachable
 
-        silent = time.monotonic() - self.answered_at >= grace
-        if remote and silent:
+        waited = time.monotonic() - started
+        if remote and self._silent_for(since) >= grace:
             # Said now, not from the worker after fit has returned (or never, at exit); one
             # warning per outage, shared with the rest of the outage's reports.
             report_unreachable(self.uri, f"no answer within {grace:.0f}s")
@@ -366,7 +403,7 @@ class RunUploader:
         if self.client is None:
             from mlflow import MlflowClient
 
-            self.client = _AnsweringClient(MlflowClient(tracking_uri=self.uri), self)
+            self.client = AnsweringClient(MlflowClient(tracking_uri=self.uri), self)
         return self.client
 
     def _start_run(self, client: Any) -> None:
@@ -413,45 +450,6 @@ class RunUploader:
         key, value, timestamp, step = row
         offset = self.batch_offset if key.startswith("batch/") else self.epoch_offset
         return (key, value, timestamp, step + offset)
-
-
-class _AnsweringClient:
-    """An ``MlflowClient`` that records, on its uploader, whether the server answers.
-
-    :meth:`RunUploader.close` keeps waiting for a server that answers call after call and gives
-    up on one that stays silent; one upload step (registering prompts, logging the model) can
-    take several calls, each slow on a busy machine, so progress is judged per call.
-    """
-
-    def __init__(self, client: Any, uploader: RunUploader) -> None:
-        self._client = client
-        self._uploader = uploader
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            from mlflow.exceptions import RestException
-
-            try:
-                result = attribute(*args, **kwargs)
-            except RestException:  # an error reply is an answer too
-                self._answered(True)
-                raise
-            except Exception:
-                self._answered(False)
-                raise
-            self._answered(True)
-            return result
-
-        return call
-
-    def _answered(self, answered: bool) -> None:
-        if answered:
-            self._uploader.answered_at = time.monotonic()
-        self._uploader.answering = answered
 
 
 def _next_steps(client: Any, run: Any) -> tuple[int, int]:
