@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,6 +251,51 @@ def test_resumed_fit_reuses_its_prompt_versions(
     run = client.get_run(first.run_id)
     contexts = sorted(t.value for d in run.inputs.dataset_inputs for t in d.tags)
     assert contexts == ["training", "validation"]  # logged once, not per attempt
+
+
+def test_killed_and_resumed_run_adds_no_duplicate_version(
+    store: str, llm_server: Any, tmp_path: Path
+) -> None:
+    """SIGKILL between a new best's registration and that epoch's backup, then resume.
+
+    The killed process registered the epoch-2 best; its last backup is from epoch 1, so the
+    resumed fit trains epoch 2 again and saves the same best again. The registry must end with
+    one version per distinct prompt of the run (the resume reuses the killed run's version),
+    the same MLflow run continued and FINISHED.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "_scripts" / "monitor_kill_script.py"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, str(script), llm_server.base_url, str(tmp_path), store, *extra]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+
+    killed = run("--kill-epoch", "1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "result.json").exists()
+    client = _client(store)
+    before = _versions(client, "killed.answer")
+    assert [v.tags["promptfit.epoch"] for v in before] == ["1", "2"]
+    run_id = before[0].tags["promptfit.run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"  # no on_train_end ran
+
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["run_id"] == run_id  # the same run continued
+    assert client.get_run(run_id).info.status == "FINISHED"
+    after = _versions(client, "killed.answer")
+    digests = [v.tags["promptfit.digest"] for v in after]
+    assert len(digests) == len(set(digests)), [(v.version, v.tags) for v in after]
+    assert [v.version for v in after[:2]] == [v.version for v in before]
+    assert [v.tags["promptfit.epoch"] for v in after] == ["1", "2", "4"]
+    best = client.get_prompt_version_by_alias("killed.answer", "best")
+    assert best.version == after[-1].version
 
 
 def test_off_with_one_argument_each(calc_program: Callable[..., Any], tmp_path: Path) -> None:
