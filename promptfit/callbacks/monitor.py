@@ -107,13 +107,14 @@ class Monitor(Callback):
         log_model: At the end of a successful fit, log the trained program as an MLflow
             logged model of the run (the program JSON and the fit configuration as its
             artifacts, the final epoch's metrics linked to it).
-        flush_timeout: Most seconds ``on_train_end`` waits for an answer from a tracking
-            server while it sends the last upload (4 s at most when the server's last call
-            got no answer). A server that keeps answering is waited for until the run is
-            ended, up to 2 minutes in all, so a slow or just-recovered server does not leave
-            the run ``RUNNING``; what is still unsent when the wait ends is dropped, with one
-            warning. A local store (SQLite file) cannot hang and is waited for until written,
-            up to 2 minutes, because creating its database the first time can be slow.
+        flush_timeout: Seconds one call of the last upload to a tracking server may go
+            unanswered before ``on_train_end`` asks the server's ``/health`` (4 s when the
+            call before got no answer): a server that answers it is slow, not hung, and is
+            waited for until the run is ended, up to 2 minutes in all, so a slow or
+            just-recovered server does not leave the run ``RUNNING``; what is still unsent
+            when the wait ends is dropped, with one warning. A local store (SQLite file)
+            cannot hang and is waited for until written, up to 2 minutes, because creating
+            its database the first time can be slow.
 
     Example:
         ```python
