@@ -374,3 +374,66 @@ def test_registry_content_is_untrusted_input(
     with pytest.raises(pf.errors.VariableValidationError, match="not a generator"):
         load_prompts(program, {"nope": "prompts:/ok/1"}, tracking_uri=store)
     assert program.get_module("answer").prompt.value == before  # nothing was assigned
+
+
+def test_loading_from_a_missing_or_dead_registry_fails_at_once(
+    calc_program: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment whose registry is not there gets a typed error, quickly, and no side effect.
+
+    No store configured: MLflow would create an empty ``./mlflow.db`` only to answer "not
+    found"; the file must not appear and the message must say no tracking URI was given. A
+    server that answers 503 to everything: MLflow's own default is 7 retries with backoff
+    (minutes per prompt); the load must give up after one retry, as the Monitor does.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    program = asyncio.run(calc_program())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SerializationError, match="no tracking_uri was given"):
+        load_prompts(program, {"answer": "prompts:/calc.answer@best"})
+    assert not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(SerializationError, match="does not exist"):
+        pf.load_program(
+            _saved(program, tmp_path), language_models=_clients(program),
+            prompts={"answer": "prompts:/calc.answer@best"},
+        )  # fmt: skip
+    assert not (tmp_path / "mlflow.db").exists()
+
+    requests: list[str] = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(SerializationError, match="Could not load"):
+            load_prompts(program, {"answer": "prompts:/calc.answer@best"}, tracking_uri=uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 1 <= len(requests) <= 2, requests  # one retry, not MLflow's default seven
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored
+
+
+def _saved(program: pf.Program, directory: Path) -> Path:
+    path = directory / "program.json"
+    program.save(path)
+    return path
+
+
+def _clients(program: pf.Program) -> dict[str, Any]:
+    return {lm.name: lm for lm in program.all_language_models()}
