@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,6 +179,51 @@ def test_trained_prompts_datasets_and_logged_model(
     assert loaded.get_module("answer").prompt.value == final
 
 
+def test_each_new_best_is_a_version_and_best_follows_it(
+    store: str, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A version per new best, holding exactly the prompt of that best's checkpoint file.
+
+    ``accuracy=0.7`` makes the test model's answers depend on the prompt, so the validation
+    score climbs over the epochs (0.33, 0.67, 0.67, 1.0 with these seeds) and the checkpoint
+    saves three new bests. Each must be a registry version tagged with its epoch and score,
+    ``best`` must end on the last of them, and ``latest-trained`` on the final prompt (the
+    same content as the last best: the same version, not a copy).
+    """
+    monitor = Monitor(tracking_uri=store, experiment_name="bests", prompt_name="bests.{module}")
+    program = asyncio.run(calc_program(accuracy=0.7, seed=1))
+    checkpoint = ProgramCheckpoint(
+        filepath=str(tmp_path / "ckpt" / "calc-{epoch:02d}.json"), monitor="val_reward",
+        save_best_only=True,
+    )  # fmt: skip
+    x, y = arithmetic_data(12)
+    callbacks = [checkpoint, monitor]
+    fit = program.fit(x, y, epochs=4, batch_size=3, verbose=0, validation_split=0.25, seed=3,
+                      callbacks=callbacks)  # fmt: skip
+    history = asyncio.run(fit)
+    saved = sorted((tmp_path / "ckpt").glob("calc-*.json"))
+    assert len(saved) >= 2, (history.history["val_reward"], saved)  # else nothing is tested
+    client = _client(store)
+    versions = _versions(client, "bests.answer")
+    by_epoch = {int(v.tags["promptfit.epoch"]): v for v in versions}
+    assert len(by_epoch) == len(versions) == len(saved)
+    for file in saved:
+        epoch = int(file.stem.rsplit("-", 1)[1])
+        version = by_epoch[epoch]
+        stored = json.loads(file.read_text())["variables"]["answer/prompt"]
+        assert prompt_value_from_template(version.template) == stored, epoch
+        score = history.history["val_reward"][epoch - 1]
+        assert float(version.tags["promptfit.score"]) == score
+        assert version.tags["promptfit.monitor"] == "val_reward"
+        assert version.tags["promptfit.run_id"] == monitor.run_id
+    last = by_epoch[max(by_epoch)]
+    best = client.get_prompt_version_by_alias("bests.answer", "best")
+    assert best.version == last.version
+    latest = client.get_prompt_version_by_alias("bests.answer", "latest-trained")
+    assert prompt_value_from_template(latest.template) == program.get_module("answer").prompt.value
+    assert latest.version == last.version
+
+
 def test_resumed_fit_reuses_its_prompt_versions(
     calc_program: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -205,6 +251,51 @@ def test_resumed_fit_reuses_its_prompt_versions(
     run = client.get_run(first.run_id)
     contexts = sorted(t.value for d in run.inputs.dataset_inputs for t in d.tags)
     assert contexts == ["training", "validation"]  # logged once, not per attempt
+
+
+def test_killed_and_resumed_run_adds_no_duplicate_version(
+    store: str, llm_server: Any, tmp_path: Path
+) -> None:
+    """SIGKILL between a new best's registration and that epoch's backup, then resume.
+
+    The killed process registered the epoch-2 best; its last backup is from epoch 1, so the
+    resumed fit trains epoch 2 again and saves the same best again. The registry must end with
+    one version per distinct prompt of the run (the resume reuses the killed run's version),
+    the same MLflow run continued and FINISHED.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "_scripts" / "monitor_kill_script.py"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, str(script), llm_server.base_url, str(tmp_path), store, *extra]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+
+    killed = run("--kill-epoch", "1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "result.json").exists()
+    client = _client(store)
+    before = _versions(client, "killed.answer")
+    assert [v.tags["promptfit.epoch"] for v in before] == ["1", "2"]
+    run_id = before[0].tags["promptfit.run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"  # no on_train_end ran
+
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["run_id"] == run_id  # the same run continued
+    assert client.get_run(run_id).info.status == "FINISHED"
+    after = _versions(client, "killed.answer")
+    digests = [v.tags["promptfit.digest"] for v in after]
+    assert len(digests) == len(set(digests)), [(v.version, v.tags) for v in after]
+    assert [v.version for v in after[:2]] == [v.version for v in before]
+    assert [v.tags["promptfit.epoch"] for v in after] == ["1", "2", "4"]
+    best = client.get_prompt_version_by_alias("killed.answer", "best")
+    assert best.version == after[-1].version
 
 
 def test_off_with_one_argument_each(calc_program: Callable[..., Any], tmp_path: Path) -> None:
@@ -283,3 +374,66 @@ def test_registry_content_is_untrusted_input(
     with pytest.raises(pf.errors.VariableValidationError, match="not a generator"):
         load_prompts(program, {"nope": "prompts:/ok/1"}, tracking_uri=store)
     assert program.get_module("answer").prompt.value == before  # nothing was assigned
+
+
+def test_loading_from_a_missing_or_dead_registry_fails_at_once(
+    calc_program: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment whose registry is not there gets a typed error, quickly, and no side effect.
+
+    No store configured: MLflow would create an empty ``./mlflow.db`` only to answer "not
+    found"; the file must not appear and the message must say no tracking URI was given. A
+    server that answers 503 to everything: MLflow's own default is 7 retries with backoff
+    (minutes per prompt); the load must give up after one retry, as the Monitor does.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    program = asyncio.run(calc_program())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SerializationError, match="no tracking_uri was given"):
+        load_prompts(program, {"answer": "prompts:/calc.answer@best"})
+    assert not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(SerializationError, match="does not exist"):
+        pf.load_program(
+            _saved(program, tmp_path), language_models=_clients(program),
+            prompts={"answer": "prompts:/calc.answer@best"},
+        )  # fmt: skip
+    assert not (tmp_path / "mlflow.db").exists()
+
+    requests: list[str] = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(SerializationError, match="Could not load"):
+            load_prompts(program, {"answer": "prompts:/calc.answer@best"}, tracking_uri=uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 1 <= len(requests) <= 2, requests  # one retry, not MLflow's default seven
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored
+
+
+def _saved(program: pf.Program, directory: Path) -> Path:
+    path = directory / "program.json"
+    program.save(path)
+    return path
+
+
+def _clients(program: pf.Program) -> dict[str, Any]:
+    return {lm.name: lm for lm in program.all_language_models()}

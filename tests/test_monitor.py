@@ -359,14 +359,11 @@ def test_run_params_metrics_artifacts_and_traces(
     assert SECRET not in trace.to_json()
 
 
-# Flaky under load. One cause is fixed: under load the first upload of the data sets timed out
-# after the server had stored them, the retry hit MLflow's UNIQUE constraint (HTTP 500), and
-# that was taken for an outage (a second "unreachable" warning); the Monitor now asks the run
-# whether it has the data sets (test_monitor_runs.py reproduces the lost reply). A second cause
-# remains at load averages of 15-20 on 2 cores (4 of 4 runs on 30 Nov 2026): the server is back
-# but on_train_end gives a server that was down 4 s in all, so the final upload is cut off and
-# the run stays RUNNING. Hence the bounded rerun, until that end-of-fit wait is fixed.
-@pytest.mark.flaky(reruns=2)
+# Once flaky under load, for two reasons, both fixed: the first upload of the data sets timed
+# out after the server had stored them and the retry's UNIQUE-constraint error was taken for a
+# second outage (the Monitor now asks the run, see test_monitor_runs.py), and the end of the fit
+# gave a server that had been down 4 s in all, cutting off the last upload and leaving the run
+# RUNNING (it now waits while the server answers: test_a_slow_server_that_answers_...).
 @pytest.mark.mlflow_server
 def test_server_gone_mid_run_then_back_flushes_buffer(
     mlflow_server: MlflowServer,

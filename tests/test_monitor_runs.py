@@ -9,10 +9,12 @@ replies and a hung server). Runs, metrics, inputs and artifacts are read back th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,7 +100,9 @@ class FaultProxy:
     ``lose_dataset_replies``: the first ``runs/log-inputs`` request is forwarded (MLflow stores
     the data sets) but its reply is dropped; every retry gets the 500 that MLflow answers when
     a retry races the first insert (its UNIQUE constraint). ``hang``: from then on, requests
-    are held without an answer until :meth:`close`.
+    are held without an answer until :meth:`close`. ``delay``: seconds each request waits
+    before it is forwarded (a slow server that still answers every call); ``delays``: the same
+    for the requests whose path ends with a key, e.g. ``{"/runs/create": 3.0}``.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -107,6 +111,8 @@ class FaultProxy:
         self.hang = threading.Event()
         self.release = threading.Event()
         self.lose_dataset_replies = False
+        self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.dataset_requests = 0
         self.held = 0  # requests held by the hang
         self.lock = threading.Lock()
@@ -144,6 +150,11 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(error)
                     return
+                delay = proxy.delay + sum(
+                    seconds for end, seconds in proxy.delays.items() if self.path.endswith(end)
+                )
+                if delay:
+                    time.sleep(delay)
                 status, headers, data = proxy.forward(self.command, self.path, self.headers, body)
                 self.send_response(status)
                 for key, value in headers:
@@ -204,6 +215,45 @@ def test_run_id_continues_the_runs_step_numbers(
     assert [s for s, _ in _history(client, first.run_id, "reward")] == [0, 1, 2, 3]
     # Two batches of 3 per epoch: global batch steps 0-3 in the first fit, 4-7 in the second.
     assert [s for s, _ in _history(client, first.run_id, "batch/reward")] == list(range(8))
+
+
+# -- a backup at the first epoch end ------------------------------------------------------------
+@pytest.mark.mlflow_server
+def test_first_backup_knows_the_run_a_slow_server_is_creating(
+    mlflow_server: MlflowServer, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The backup taken at the first epoch end must hold the run id, however slow the server.
+
+    The server answers each call of the run's creation (looking the experiment up, creating
+    the run) after 3 s: more than the 5 s the backup used to wait in all, less than the 5 s it
+    now allows per unanswered call. Without the id in the backup, the resumed fit after the
+    crash started a second run (and registered its prompts again under another run id).
+    """
+    proxy = FaultProxy(mlflow_server.port)
+    proxy.delays = {"/experiments/get-by-name": 3.0, "/runs/create": 3.0}
+    mark_reachable(proxy.url)
+    backup = BackupAndRestore(backup_dir=tmp_path / "bk")
+
+    async def attempt(crash_at: int) -> Monitor:
+        program = await calc_program(tag="slow-create")
+        monitor = Monitor(tracking_uri=proxy.url, experiment_name="slow-create")
+        x, y = arithmetic_data(6)
+        callbacks = [monitor, Raise(crash_at, RuntimeError("crash")), backup]
+        with contextlib.suppress(RuntimeError):
+            await program.fit(x, y, epochs=2, batch_size=3, verbose=0, callbacks=callbacks)
+        return monitor
+
+    try:
+        first = asyncio.run(attempt(crash_at=1))
+        second = asyncio.run(attempt(crash_at=-1))
+    finally:
+        proxy.close()
+    assert first.run_id is not None and second.run_id == first.run_id
+    client = _client(mlflow_server.url)
+    assert len(_runs(client, "slow-create")) == 1
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in _history(client, first.run_id, "reward")] == [0, 1]
 
 
 # -- a refused resume ---------------------------------------------------------------------------
@@ -369,10 +419,11 @@ def test_flush_timeout_bounds_the_wait_for_a_hung_server(
     before = set(threading.enumerate())
     try:
         program = asyncio.run(calc_program())
-        # (If the hang caught the worker before it marked its first upload done, the Monitor
-        # also warns that the server stopped answering; either way flush_timeout bounds it.)
-        with caplog.at_level(logging.INFO, logger="promptfit"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with (
+            caplog.at_level(logging.INFO, logger="promptfit"),
+            warnings.catch_warnings(record=True) as records,
+        ):
+            warnings.simplefilter("always")
             history = _fit(program, [monitor, OnEpochEnd(hang_after_first_epoch)], epochs=2)
         # fit returned while this fit's upload was still held by the hung server: the wait
         # was bounded by flush_timeout, not by the upload.
@@ -390,3 +441,111 @@ def test_flush_timeout_bounds_the_wait_for_a_hung_server(
     unsent = [r for r in caplog.records if "before the end" in r.getMessage()]
     assert unsent, [r.getMessage() for r in caplog.records]
     assert direct.get_run(monitor.run_id).info.status == "RUNNING"  # the end never arrived
+    # The cut-off upload is said once, as the server not answering (whether the hang caught
+    # an epoch's upload or only the last one).
+    ours = _promptfit_warnings(records)
+    assert len(ours) == 1 and "is unreachable" in ours[0], ours
+
+
+@pytest.mark.mlflow_server
+def test_a_slow_server_that_answers_gets_the_whole_last_upload(
+    mlflow_server: MlflowServer, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The end of a fit waits for a server that keeps answering, past ``flush_timeout``.
+
+    Every request is answered, but only after ``proxy.delay`` (a loaded machine, a server
+    emptying a long outage's buffer): the last upload (metrics, prompt versions, artifacts,
+    the logged model, the run's end) takes many times ``flush_timeout`` in all, while no call
+    goes unanswered for that long. It must land in full and end the run FINISHED; a total
+    ``flush_timeout`` cut it off and left the run RUNNING for good.
+    """
+    proxy = FaultProxy(mlflow_server.port)
+    mark_reachable(proxy.url)
+    direct = _client(mlflow_server.url)
+    monitor = Monitor(tracking_uri=proxy.url, experiment_name="slow", flush_timeout=3.0)
+    checkpoint = ProgramCheckpoint(
+        filepath=str(tmp_path / "ckpt" / "calc-{epoch:02d}.json"), monitor="reward",
+        save_best_only=True,
+    )  # fmt: skip
+
+    async def slow_down_after_first_epoch(epoch: int) -> None:
+        if epoch == 0:
+            assert await _wait_for(
+                lambda: (
+                    monitor.run_id is not None
+                    and bool(direct.get_metric_history(monitor.run_id, "reward"))
+                ),
+                120,
+            )
+            proxy.delay = 0.4
+
+    try:
+        program = asyncio.run(calc_program())
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            history = _fit(
+                program, [checkpoint, monitor, OnEpochEnd(slow_down_after_first_epoch)], epochs=2
+            )
+    finally:
+        proxy.close()
+    assert len(history.epoch) == 2
+    assert not _promptfit_warnings(records), _promptfit_warnings(records)
+    run = direct.get_run(monitor.run_id)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in _history(direct, monitor.run_id, "reward")] == [0, 1]
+    assert run.data.metrics["usage/calls"] > 0
+    assert run.outputs.model_outputs  # the logged model, one of the last things sent
+    latest = direct.get_prompt_version_by_alias("calc.answer", "latest-trained")
+    assert latest.tags["promptfit.run_id"] == monitor.run_id
+
+
+# -- items MLflow refuses ---------------------------------------------------------------------
+@pytest.mark.parametrize("store_uri", STORES, indirect=True)
+def test_params_and_tags_mlflow_refuses_cost_only_themselves(
+    store_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow refuses a whole ``log_batch`` for one bad item; the others must still land.
+
+    The run already has ``epochs`` with another value (MLflow never changes a param), and one
+    tag key resolves to another path: each batch they are in is refused, the upload step
+    falls back to one call per item (``upload_steps._send_one_by_one``), drops just those two
+    with ONE warning, and sends everything else, across MLflow's 100-item batches.
+    """
+    import mlflow
+
+    from promptfit.observability import upload_steps
+    from promptfit.observability.uploader import RunPlan, RunUploader
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri)
+    name = f"refused-{time.monotonic_ns()}"
+    run_id = client.create_run(client.create_experiment(name)).info.run_id
+    client.log_param(run_id, "epochs", "5")
+    plan = RunPlan(
+        uri=store_uri, experiment=name, run_name=None, config_payload={}, params={}, tags={},
+        model_params={}, dataset_jobs=[], secrets=[], program_name="calc",
+    )  # fmt: skip
+    uploader = RunUploader(plan)  # the real outbox (its worker waits for a kick that never comes)
+    try:
+        uploader.run_id = run_id
+        many = {f"p{i:03d}": str(i) for i in range(150)}
+        uploader.params = {"epochs": "3", **many}
+        uploader.tags = {"team": "search", "../escape": "x", "note": "kept"}
+        with (
+            caplog.at_level(logging.DEBUG, logger="promptfit"),
+            warnings.catch_warnings(record=True) as records,
+        ):
+            warnings.simplefilter("always")
+            upload_steps.send_params(uploader, client)
+    finally:
+        uploader.abandon()
+        uploader.thread.join(30)
+    assert not uploader.params and not uploader.tags  # nothing left to retry for ever
+    run = client.get_run(run_id)
+    assert run.data.params == {"epochs": "5", **many}  # the first value is kept
+    assert run.data.tags["team"] == "search" and run.data.tags["note"] == "kept"
+    assert "../escape" not in run.data.tags
+    ours = _promptfit_warnings(records)
+    assert len(ours) == 1 and "rejected" in ours[0] and "'epochs'" in ours[0], ours
+    rejected = [r.getMessage() for r in caplog.records if "MLflow rejected" in r.getMessage()]
+    assert any("param 'epochs'" in m for m in rejected), rejected
+    assert any("tag '../escape'" in m for m in rejected), rejected

@@ -107,9 +107,12 @@ class Monitor(Callback):
         log_model: At the end of a successful fit, log the trained program as an MLflow
             logged model of the run (the program JSON and the fit configuration as its
             artifacts, the final epoch's metrics linked to it).
-        flush_timeout: Most seconds ``on_train_end`` waits for the last upload to a tracking
-            server (data still unsent after that is dropped, with the warning already shown;
-            a server that is down or never answered gets 4 s). A local store (SQLite file)
+        flush_timeout: Seconds one call of the last upload to a tracking server may go
+            unanswered before ``on_train_end`` asks the server's ``/health`` (4 s when the
+            call before got no answer): a server that answers it is slow, not hung, and is
+            waited for until the run is ended, up to 2 minutes in all, so a slow or
+            just-recovered server does not leave the run ``RUNNING``; what is still unsent
+            when the wait ends is dropped, with one warning. A local store (SQLite file)
             cannot hang and is waited for until written, up to 2 minutes, because creating
             its database the first time can be slow.
 
@@ -183,18 +186,18 @@ class Monitor(Callback):
         """``{"run_id": ...}``: what a resumed fit needs to continue the same run (plus the
         step offset of a continued ``run_id=`` run, so the resumed fit keeps numbering).
 
-        If the run is being created right now (first upload in flight), waits for it so a
-        backup taken at the first epoch end already knows the run id: briefly for a server
-        (which may hang), until written for a local store (which cannot hang, but whose
-        database can take many seconds to create on a busy machine; a backup without the run
-        id would make the resumed fit start a second run).
+        If the run is being created right now, waits until its id is known so a backup taken
+        at the first epoch end has it (a backup without the run id would make the resumed fit
+        start a second run): for a server, while it answers (up to 5 s without an answer, 2
+        minutes in all; a hung one never answers), for a local store until written (it cannot
+        hang, but its database can take many seconds to create on a busy machine).
         """
         session = self._session
         state: dict[str, Any] = {}
         if session is not None and session.active:
             remote = session.uri.startswith(("http://", "https://"))
-            wait = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
-            session.wait_first_attempt(wait)
+            silence = min(self.flush_timeout, 5.0) if remote else _LOCAL_STORE_WAIT_S
+            session.wait_run_known(silence, cap=_LOCAL_STORE_WAIT_S)
             if session.epoch_offset or session.batch_offset:
                 state["step_offsets"] = [session.epoch_offset, session.batch_offset]
         elif self._loaded_offsets is not None:
@@ -409,7 +412,7 @@ class Monitor(Callback):
 
     async def _finish(self, session: RunUploader) -> None:
         """Record the end of the fit (program, final prompts, best checkpoint, usage) and
-        wait, within ``flush_timeout``, for the upload that ends the run."""
+        wait for the upload that ends the run (bounded: see ``flush_timeout``)."""
         from promptfit.observability.run_params import mlflow_key
 
         program = self.program

@@ -133,11 +133,24 @@ def mark_reachable(uri: str) -> None:
         _warned.discard(uri)
 
 
+def server_healthy(uri: str, timeout: float = 2.0) -> bool:
+    """Whether the tracking server at ``uri`` answers ``GET /health`` with 200 in ``timeout``.
+
+    Why: a call that has gone unanswered for a while is either a hung server or a slow one
+    (a loaded machine, a long outage's buffer); this tells them apart without MLflow.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
 def _probe(uri: str) -> None:
     """Poll a down server's ``/health`` so tracing resumes when it is back, even outside a fit
     (when no Monitor is retrying). Runs only while a backend for ``uri`` is installed."""
-    import urllib.request
-
     from promptfit.observability.spans import span_backend
 
     try:
@@ -146,12 +159,8 @@ def _probe(uri: str) -> None:
             backend = span_backend()
             if not isinstance(backend, MLflowSpanBackend) or backend.tracking_uri != uri:
                 return
-            try:
-                with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2) as response:
-                    if response.status == 200:
-                        mark_reachable(uri)
-            except OSError:
-                continue
+            if server_healthy(uri):
+                mark_reachable(uri)
     finally:
         with _health_lock:
             _probing.discard(uri)

@@ -28,6 +28,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptfit.errors import SerializationError, VariableValidationError
@@ -199,11 +200,26 @@ def prompt_value_from_template(template: Any) -> dict[str, Any]:
 
 
 def _registry_client(tracking_uri: str | None) -> tuple[Any, str]:
-    from mlflow import MlflowClient
+    """A client of the registry store, refusing a SQLite file that does not exist.
 
+    Why: MLflow would create an empty database there (a stray ``mlflow.db`` in a deployment's
+    working directory, which took tens of seconds on a busy machine) only to answer "not
+    found"; the usual cause is that no tracking URI was given at all.
+    """
     from promptfit.observability.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :].split("?", 1)[0]
+        if path != ":memory:" and not Path(path).is_file():
+            given = "" if tracking_uri is not None else " (no tracking_uri was given, nor set)"
+            raise SerializationError(
+                f"There is no prompt registry at {uri}{given}: the file does not exist. Pass "
+                "the store the prompts were registered in (tracking_uri=..., the "
+                "MLFLOW_TRACKING_URI environment variable, or enable_observability)."
+            )
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
@@ -259,12 +275,15 @@ def load_prompts(
                 f"`prompts[{module!r}]` must be a registry URI like 'prompts:/name@alias' or "
                 f"'prompts:/name/3', got {uri!r}."
             )
+    from promptfit.observability.tracking import http_defaults
+
     client, store = _registry_client(tracking_uri)
     values: dict[str, dict[str, Any]] = {}
     used: dict[str, str] = {}
     for module, uri in prompts.items():
         try:
-            version = client.load_prompt(uri)
+            with http_defaults():  # a server that is down fails in seconds, not minutes
+                version = client.load_prompt(uri)
         except Exception as exc:
             raise SerializationError(
                 f"Could not load {uri!r} from the prompt registry at {store}: "

@@ -95,6 +95,8 @@ def send_params(up: RunUploader, client: Any) -> None:
 def _send_one_by_one(
     up: RunUploader, client: Any, params: list[tuple[str, str]], tags: list[tuple[str, str]]
 ) -> None:
+    """After MLflow refused a whole batch: send each item alone so one bad item (a param the
+    run already has with another value, a key MLflow refuses) costs only itself."""
     for kind, items, send in (("param", params, client.log_param), ("tag", tags, client.set_tag)):
         for key, value in items:
             try:
@@ -102,7 +104,21 @@ def _send_one_by_one(
             except Exception as exc:
                 if not is_permanent(exc):
                     raise
-                logger.debug("MLflow rejected %s %r: %s", kind, key, exc)
+                _rejected(up, kind, key, exc)
+
+
+def _rejected(up: RunUploader, kind: str, key: str, exc: Exception) -> None:
+    """One item MLflow refused for good is left out: logged, and the fit's first one warned."""
+    from promptfit.observability.mlflow_backend import scrub_secrets
+
+    detail = scrub_secrets(str(exc), up.secrets)[:300]
+    logger.debug("MLflow rejected %s %r: %s", kind, key, detail)
+    if not up.warned_rejected:
+        up.warned_rejected = True
+        warn_from_worker(
+            f"promptfit: MLflow rejected the Monitor's {kind} {key!r} ({detail}); it is left "
+            "out of the run, the rest is tracked. Training continues."
+        )
 
 
 def send_metrics(up: RunUploader, client: Any) -> None:
@@ -124,7 +140,7 @@ def send_metrics(up: RunUploader, client: Any) -> None:
                 except Exception as inner:
                     if not is_permanent(inner):
                         raise
-                    logger.debug("MLflow rejected metric %r: %s", row[0], inner)
+                    _rejected(up, "metric", row[0], inner)
         with up.lock:
             del up.metrics[: len(rows)]  # only appended at the end meanwhile
 

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 
 from promptfit.observability import upload_steps as steps
+from promptfit.observability.answering import AnsweringClient
 from promptfit.observability.artifacts import StagingArea
 from promptfit.observability.registry import PromptJob
 from promptfit.observability.run_params import mlflow_key, number
@@ -38,6 +39,12 @@ __all__ = ["RunPlan", "RunUploader"]
 logger = logging.getLogger("promptfit")
 
 LOCAL_STORE_WAIT_S = 120.0
+# The end of a fit waits at most this long for a tracking server that keeps answering (see
+# RunUploader.close): long enough for a busy server to take a long outage's buffer, short
+# enough that a server answering one call a minute cannot hold the program for ever.
+FINAL_UPLOAD_CAP_S = 120.0
+# A server that was down (or never answered) gets this long to answer its first call at the end.
+DOWN_GRACE_S = 4.0
 _MAX_BUFFERED_METRICS = 200_000
 
 MetricRow = tuple[str, float, int, int]  # (key, value, timestamp ms, step)
@@ -127,6 +134,12 @@ class RunUploader:
         self.end_requested = False
         self.requested = 0
         self.completed = 0
+        # When the call now waiting for the store began (None while no call is in flight: the
+        # worker is busy with local work, not waiting), and whether the last call got an
+        # answer (an error reply counts): set by AnsweringClient on the worker, read by
+        # close() and wait_run_known().
+        self.call_started_at: float | None = None
+        self.answering = False
         self.client: Any = None
         self.staging = StagingArea(plan.secrets)
         self.warned_rejected = False  # one 'rejected' warning per fit
@@ -171,9 +184,30 @@ class RunUploader:
         self.wake.set()
         return target
 
-    def wait_first_attempt(self, timeout: float) -> None:
-        if self.kicked and not self.first_attempt.is_set():
-            self.first_attempt.wait(timeout=timeout)
+    def wait_run_known(self, silence: float, cap: float) -> None:
+        """Block until the run id is known or the first attempt to create it has ended.
+
+        Gives up when a call has gone ``silence`` seconds without an answer and the server
+        does not answer its health check either (hung, not slow), or after ``cap`` in all.
+        Why the run id and not the whole first upload: a backup taken at the first epoch end
+        needs only the id (without it the resumed fit starts a second run), while the first
+        upload (params, data sets, prompt versions, artifacts) can take far longer than any
+        fixed wait on a slow or loaded server.
+        """
+        from promptfit.observability.mlflow_backend import server_healthy
+
+        if not self.kicked:
+            return
+        remote = self.uri.startswith(("http://", "https://"))
+        started = since = time.monotonic()
+        while self.run_id is None and not self.first_attempt.is_set():
+            if time.monotonic() - started >= cap:
+                return
+            if self._silent_for(since) >= silence:
+                if not remote or not server_healthy(self.uri):
+                    return
+                since = time.monotonic()  # alive, only slow: keep waiting
+            self.first_attempt.wait(0.02)
 
     async def wait_for_run(self, timeout: float) -> None:
         """Until the run exists or the first attempt to create it has failed (or timeout)."""
@@ -197,38 +231,78 @@ class RunUploader:
     async def close(self, flush_timeout: float) -> None:
         """Ask for the final flush (which ends the run with :attr:`status`) and wait for it.
 
-        A cancelled fit (``KILLED``) never waits. Otherwise: a server that has been answering
-        gets ``flush_timeout``; one that is down or has not answered yet gets at most 4 s (a
-        server that came back answers within a second, a hung one never does); a local store,
-        which cannot hang but may take long to create its database, is waited for until
-        written (at least 2 minutes).
+        A cancelled fit (``KILLED``) never waits. A local store, which cannot hang but may take
+        long to create its database, is waited for until written (at least 2 minutes).
+
+        A tracking server is waited for as long as it is alive: when one call has gone
+        ``flush_timeout`` seconds without an answer (4 s at most when the call before got
+        none), the server's ``/health`` is asked; a server that answers it is slow, not hung,
+        and the wait goes on, up to :data:`FINAL_UPLOAD_CAP_S` in all. Why not a
+        fixed total: on a loaded machine a server that is back after an outage, or just slow,
+        can need more than ``flush_timeout`` for the whole last upload (metrics, prompt
+        versions, artifacts, the logged model, each several calls); cutting it off there left
+        the run ``RUNNING`` for good. If the upload cannot finish, ONE warning says so.
         """
         with self.lock:
             self.end_requested = True
         target = self.kick()
         if self.status == "KILLED":
             return  # the worker finishes in the background; never delay a cancellation
+        from promptfit.observability.mlflow_backend import server_healthy
+
         remote = self.uri.startswith(("http://", "https://"))
-        if remote and (self.down or not self.succeeded):
-            flush_timeout = min(flush_timeout, 4.0)
-        elif not remote:
-            flush_timeout = max(flush_timeout, LOCAL_STORE_WAIT_S)
-        deadline = time.monotonic() + flush_timeout
-        while self.completed < target and time.monotonic() < deadline and self.thread.is_alive():
+        started = since = time.monotonic()
+        cap = max(flush_timeout, FINAL_UPLOAD_CAP_S if remote else LOCAL_STORE_WAIT_S)
+        grace = self._grace(flush_timeout) if remote else cap
+        while self.completed < target and self.thread.is_alive():
+            if time.monotonic() - started >= cap:
+                break
+            if remote:
+                grace = self._grace(flush_timeout)
+            if self._silent_for(since) >= grace:
+                # One call unanswered that long: hung, or only slow? A server that answers
+                # its health check is alive (one call can be many requests on a busy server).
+                if not remote or not await anyio.to_thread.run_sync(server_healthy, self.uri):
+                    break
+                since = time.monotonic()
             await anyio.sleep(0.02)
         if self.completed >= target:
             # Caught up: the worker is only releasing MLflow's HTTP settings and its temp dir;
             # let it, so fit returns with the environment restored.
             await anyio.to_thread.run_sync(self.thread.join, 2.0)
-        if remote and self.completed < target and not self.succeeded and not self.disabled:
-            from promptfit.observability.mlflow_backend import report_unreachable
-
-            # Say it now, not from the worker after fit has returned (or never, at exit).
-            report_unreachable(self.uri, f"no answer within {flush_timeout:.0f}s")
+        elif not self.disabled and self.thread.is_alive():
+            self._report_cut_off(started, since, grace, remote)
         with self.lock:
             unsent = len(self.metrics) + len(self.params) + len(self.artifacts)
         if unsent and not self.disabled:
             logger.info("Monitor: %d items could not be sent to MLflow before the end.", unsent)
+
+    def _grace(self, flush_timeout: float) -> float:
+        """Seconds without an answer after which ``close`` gives up on a tracking server:
+        ``flush_timeout`` while its last call got an answer, else at most 4 s."""
+        return flush_timeout if self.answering else min(flush_timeout, DOWN_GRACE_S)
+
+    def _silent_for(self, since: float) -> float:
+        """Seconds the store has left the current call unanswered, counted from ``since`` at
+        the earliest; 0 while no call is in flight (local work is not the store's silence)."""
+        pending = self.call_started_at
+        return 0.0 if pending is None else time.monotonic() - max(since, pending)
+
+    def _report_cut_off(self, started: float, since: float, grace: float, remote: bool) -> None:
+        """The end of the fit stopped waiting with the last upload unfinished: one warning."""
+        from promptfit.observability.mlflow_backend import redact_uri, report_unreachable
+
+        waited = time.monotonic() - started
+        if remote and self._silent_for(since) >= grace:
+            # Said now, not from the worker after fit has returned (or never, at exit); one
+            # warning per outage, shared with the rest of the outage's reports.
+            report_unreachable(self.uri, f"no answer within {grace:.0f}s")
+            return
+        steps.warn_from_worker(
+            f"promptfit: the Monitor's last upload to {redact_uri(self.uri)} was still running "
+            f"after {waited:.0f}s; the run stays RUNNING and what was not sent is dropped. "
+            "Training results are unaffected; pass Monitor(flush_timeout=...) to wait longer."
+        )
 
     def span_backend(self) -> Any:
         """The installed MLflow tracing backend if it writes to this run's store, else None."""
@@ -316,6 +390,7 @@ class RunUploader:
                 )
                 return
             self.down = True
+            self.answering = False
             report_unreachable(self.uri, exc, started_at=started_at)
             return
         if self.down:
@@ -328,7 +403,7 @@ class RunUploader:
         if self.client is None:
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client = AnsweringClient(MlflowClient(tracking_uri=self.uri), self)
         return self.client
 
     def _start_run(self, client: Any) -> None:
