@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -556,25 +555,29 @@ def test_stats_counting_and_reset(server: FakeLLMServer, http: httpx.Client) -> 
 
 
 def test_64_concurrent_requests_are_not_serialised(server: FakeLLMServer) -> None:
-    """64 x 50 ms through litellm must overlap: the server must never be the bottleneck."""
-    model = "arith?tag=conc&latency_ms=50"
+    """64 calls through litellm must overlap at the server: it must never be the bottleneck.
 
-    async def run() -> float:
+    Checked by the server's own count of requests in flight, not by a wall-clock bound
+    (which failed on a loaded machine and belongs in ``benchmarks/``): each request holds
+    its slot for 300 ms, so a serialising server would never see more than one at a time.
+    """
+    model = "arith?tag=conc&latency_ms=300"
+
+    async def run() -> None:
         await _acomplete(server, model, _user({"question": "0 + 0"}), ArithOut)  # warm the client
-        start = time.perf_counter()
+        server.reset()
         outs = await asyncio.gather(
             *(
                 _acomplete(server, model, _user({"question": f"{i} + 1"}), ArithOut)
                 for i in range(64)
             )
         )
-        elapsed = time.perf_counter() - start
         assert [ArithOut.model_validate_json(o).answer for o in outs] == [i + 1 for i in range(64)]
-        return elapsed
 
-    elapsed = asyncio.run(run())
-    assert elapsed < 2.0, f"64 concurrent 50 ms calls took {elapsed:.2f} s"
-    assert server.stats()["max_in_flight"] > 1
+    asyncio.run(run())
+    stats = server.stats()
+    assert stats["requests"] == 64
+    assert stats["max_in_flight"] >= 16, stats
 
 
 def test_start_failure_reports_child_stderr() -> None:
