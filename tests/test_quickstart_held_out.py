@@ -8,6 +8,10 @@ split into the evaluation before the fit, the fit, and the evaluation after it. 
 review is scored before and after; no request of the fit (training batches, the optimizer's
 candidate scoring, validation, EarlyStopping and ProgramCheckpoint) carries a test review,
 neither as the input nor as a few-shot demonstration.
+
+Through the same proxy, the README's other promise: a quickstart interrupted with Ctrl-C and run
+again resumes to the same result, both processes together sending what one run sends (plus the
+requests in flight at the interrupt), and a second run of a finished quickstart sends nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,31 +105,34 @@ def _carried(body: str, texts: list[str]) -> set[int]:
     return {i for i, text in enumerate(texts) if json.dumps(text)[1:-1] in body}
 
 
+def _command(proxy: RecordingProxy, out: Path, tag: str = "held-out") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "promptfit.cli",
+        "quickstart",
+        "--model",
+        FakeLLMServer.model("sentiment", min_examples=2, tag=tag),
+        "--api-base",
+        f"{proxy.base_url}/v1",
+        "--api-key-env",
+        "QUICKSTART_KEY",
+        "--out",
+        str(out),
+        "--no-monitor",
+        "--verbose",
+        "0",
+    ]
+
+
+_ENV = {**os.environ, "QUICKSTART_KEY": "sk-fake"}
+
+
 def test_the_reported_scores_come_from_reviews_the_fit_never_saw(
     proxy: RecordingProxy, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "promptfit.cli",
-            "quickstart",
-            "--model",
-            FakeLLMServer.model("sentiment", min_examples=2, tag="held-out"),
-            "--api-base",
-            f"{proxy.base_url}/v1",
-            "--out",
-            str(tmp_path / "run"),
-            "--api-key-env",
-            "QUICKSTART_KEY",
-            "--no-monitor",
-            "--verbose",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "QUICKSTART_KEY": "sk-fake"},
-        timeout=300,
+        _command(proxy, tmp_path / "run"), capture_output=True, text=True, env=_ENV, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reviews (train/val/test)   20/16/24" in done.stdout
@@ -150,3 +159,68 @@ def test_the_reported_scores_come_from_reviews_the_fit_never_saw(
     assert any(_carried(body, train) for body in fit)
     assert any(_carried(body, val) for body in fit)
     assert all(_carried(body, test) for body in bodies[last_fit + 1 :])
+
+
+def _line(stdout: str, start: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith(start))
+
+
+def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
+    proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    """What the README promises: Ctrl-C and run it again, it resumes and pays for no call
+    twice; a second run of the finished quickstart makes no LM call at all."""
+    done = subprocess.run(
+        _command(proxy, tmp_path / "whole", "resume"),
+        capture_output=True,
+        text=True,
+        env=_ENV,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole = len(proxy.bodies)
+    accuracy = _line(done.stdout, "test accuracy")
+
+    # Ctrl-C once the first epoch is backed up, then the same command again.
+    out = tmp_path / "interrupted"
+    sent = len(proxy.bodies)
+    run = subprocess.Popen(
+        _command(proxy, out, "resume"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_ENV,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert run.poll() is None, "the quickstart ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no epoch backup in 120 s"
+        try:
+            if json.loads((out / "backup" / "backup.json").read_text())["fit_state"]["epoch"]:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.005)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stdout + stderr
+    assert "run the same command again" in stdout.lower()
+    assert "Traceback" not in stderr
+    resumed = subprocess.run(
+        _command(proxy, out, "resume"), capture_output=True, text=True, env=_ENV, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _line(resumed.stdout, "test accuracy") == accuracy
+    # Both processes together sent what one run sends, plus at most the requests that were in
+    # flight, unanswered, when Ctrl-C came (the quickstart keeps at most 32 in flight).
+    assert whole <= len(proxy.bodies) - sent <= whole + 32
+
+    # The finished quickstart again: every reply is in its cache.
+    sent = len(proxy.bodies)
+    again = subprocess.run(
+        _command(proxy, out, "resume"), capture_output=True, text=True, env=_ENV, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(proxy.bodies) == sent
+    assert _line(again.stdout, "LM calls (cache hits)").split()[-2] == "0"
+    assert _line(again.stdout, "test accuracy") == accuracy
