@@ -158,3 +158,53 @@ def test_mlflow_scrubber_drops_the_same_credentials() -> None:
 
     payload = {"azure_ad_token": "azure-SECRET-0006", "aws_access_key_id": "key-id-SECRET-0008"}
     assert "SECRET" not in json.dumps(scrub_secrets(payload))
+
+
+def test_credentials_in_the_api_base_are_masked_in_repr_logs_and_errors(
+    llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    """A password or token inside ``api_base`` is scrubbed from files; it was still shown by
+    ``repr(lm)``, in the negotiation log line and in LMCallsFailingError (which users log)."""
+    base = llm_server.base_url.replace("http://", "http://user:pw-SECRET-0009@")
+    base += "?api_key=qs-SECRET-0010"
+    log_file = tmp_path / "promptfit.log"
+    handler = logging.FileHandler(log_file)
+    logger = logging.getLogger("promptfit")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    lm = pf.LanguageModel(
+        model=FakeLLMServer.model("arith", error_rate=1.0, tag="url-creds"),
+        api_base=[base, llm_server.base_url],
+        api_key="k",
+        cache=False,
+        max_retries=0,
+    )
+
+    async def run() -> None:
+        inputs = pf.Input(data_model=Query)
+        outputs = await pf.Generator(data_model=Answer, language_model=lm, name="g")(inputs)
+        program = pf.Program(inputs=inputs, outputs=outputs, name="calc")
+        program.compile(reward=pf.rewards.ExactMatch())
+        await program.evaluate(*arithmetic_data(6), verbose=0)
+
+    try:
+        with pytest.raises(pf.errors.LMCallsFailingError) as caught:
+            asyncio.run(run())
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old_level)
+    shown = [repr(lm), str(caught.value), log_file.read_text()]
+    assert "127.0.0.1" in str(caught.value)  # the endpoint is still named
+    for text in shown:
+        assert "SECRET" not in text, text[:500]
+
+
+def test_the_url_patterns_of_files_and_displays_are_the_same() -> None:
+    from promptfit.language_models import redact
+    from promptfit.saving import secrets
+
+    assert secrets._URL_USERINFO.pattern == redact.URL_USERINFO.pattern
+    assert secrets._URL_TOKEN_PARAM.pattern == redact.URL_TOKEN_PARAM.pattern
+    assert secrets.REDACTED == redact.REDACTED

@@ -48,6 +48,7 @@ from promptfit.language_models.cache import (
     request_key,
 )
 from promptfit.language_models.negotiation import _CONFIRMED, _ENDPOINT_MODES, Negotiation
+from promptfit.language_models.redact import redact_url
 from promptfit.language_models.retrying import (
     InvalidOutputError,
     Retrying,
@@ -332,7 +333,7 @@ class LanguageModel(Retrying, Negotiation, Sending):
         return cls(**config, api_key=api_key)
 
     def __repr__(self) -> str:
-        return f"LanguageModel(model={self.model!r}, api_base={self.api_base!r})"
+        return f"LanguageModel(model={self.model!r}, api_base={redact_url(self.api_base)!r})"
 
     # -- calls ---------------------------------------------------------------------------
     def _request(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from promptfit.data.data_model import json_schema_of
+from promptfit.language_models.redact import redact_url
 from promptfit.language_models.retrying import StructuredOutputRefusedError
 from promptfit.language_models.structured import (
     MODES,
@@ -160,7 +161,7 @@ class Negotiation:
             logger.info(
                 "%s%s: structured output negotiated to %r%s (pin it with structured_output=%r).",
                 self.model,
-                f" at {self.api_base}" if self.api_base else "",
+                f" at {redact_url(self.api_base)}" if self.api_base else "",
                 mode,
                 " after refusals" if self._negotiated else "",
                 mode,

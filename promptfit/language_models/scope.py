@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from promptfit.errors import LMCallsFailingError, LMConfigurationError
+from promptfit.language_models.redact import redact_url
 from promptfit.language_models.structured import server_message
 from promptfit.language_models.usage import Usage
 
@@ -203,7 +204,7 @@ def _signature(error: BaseException) -> str:
 
 def _where(lm: Any) -> str:
     api_base = getattr(lm, "api_base", None)
-    return f" at {api_base}" if api_base else ""
+    return f" at {redact_url(api_base)}" if api_base else ""
 
 
 def _hint(error: BaseException, lm: Any = None) -> str:

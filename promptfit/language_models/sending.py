@@ -20,6 +20,7 @@ import pydantic
 
 from promptfit.language_models import http_transport as _http
 from promptfit.language_models._litellm import get_litellm
+from promptfit.language_models.redact import redact_url
 from promptfit.language_models.request import parse_json_reply
 from promptfit.language_models.retrying import InvalidOutputError, _is_transient
 from promptfit.language_models.scope import add_usage
@@ -287,7 +288,7 @@ class Sending:
                                 logger.debug(
                                     "%s: replica %s failed (%s); failing over.",
                                     self.name,
-                                    replica.base,
+                                    redact_url(replica.base),
                                     type(exc).__name__,
                                 )
                                 continue
