@@ -298,17 +298,19 @@ def test_killed_and_resumed_run_adds_no_duplicate_version(
     assert best.version == after[-1].version
 
 
-def test_off_with_one_argument_each(calc_program: Callable[..., Any], tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_off_with_one_argument_each(
+    store: str, calc_program: Callable[..., Any], tmp_path: Path
+) -> None:
     monitor = Monitor(
         tracking_uri=store, experiment_name="off", register_prompts=False, log_datasets=False,
-        log_model=False,
+        log_model=False, prompt_name="off.{module}",
     )  # fmt: skip
     asyncio.run(_fit(calc_program, monitor, tmp_path))
     client = _client(store)
     run = client.get_run(monitor.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["reward"] >= 0
-    assert not client.search_prompts() and not run.inputs.dataset_inputs
+    assert "off.answer" not in {p.name for p in client.search_prompts()}
+    assert not run.inputs.dataset_inputs
     assert not run.outputs.model_outputs and "mlflow.linkedPrompts" not in run.data.tags
 
 
@@ -324,9 +326,8 @@ def test_monitor_arguments_are_checked() -> None:
 
 
 def test_registry_content_is_untrusted_input(
-    calc_program: Callable[..., Any], tmp_path: Path
+    store: str, calc_program: Callable[..., Any], tmp_path: Path
 ) -> None:
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = _client(store)
     program = asyncio.run(calc_program())
     good = {
@@ -338,6 +339,11 @@ def test_registry_content_is_untrusted_input(
     client.register_prompt("text", "Just answer.")
     assert load_prompts(program, {"answer": "prompts:/ok/1"}, tracking_uri=store)
     assert program.get_module("answer").prompt.value == good  # model_config is never read
+    generator = asyncio.run(calc_program()).get_module("answer")  # a generator on its own
+    assert load_prompts(generator, {"answer": "prompts:/ok@latest"}, tracking_uri=store) == {
+        "answer": "prompts:/ok/1"
+    }
+    assert generator.prompt.value == good
     assert all("8.8.8.8" not in str(lm.get_config()) for lm in program.all_language_models())
     load_prompts(program, {"answer": "prompts:/text/1"}, tracking_uri=store)
     assert program.get_module("answer").prompt.value == {

@@ -214,9 +214,10 @@ def _registry_client(tracking_uri: str | None) -> tuple[Any, str]:
         if path != ":memory:" and not Path(path).is_file():
             given = "" if tracking_uri is not None else " (no tracking_uri was given, nor set)"
             raise SerializationError(
-                f"There is no prompt registry at {uri}{given}: the file does not exist. Pass "
-                "the store the prompts were registered in (tracking_uri=..., the "
-                "MLFLOW_TRACKING_URI environment variable, or enable_observability)."
+                f"There is no prompt registry at {uri}{given}: the file does not exist. Name "
+                "the store the prompts were registered in: set MLFLOW_TRACKING_URI (or call "
+                "pf.enable_observability(uri)) before pf.load_program(..., prompts=...), or "
+                "pass load_prompts(..., tracking_uri=uri)."
             )
     from mlflow import MlflowClient
 
