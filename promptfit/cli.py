@@ -28,8 +28,8 @@ async def quickstart(
     out: str | Path = "promptfit_runs/quickstart",
     epochs: int = 2,
     batch_size: int = 8,
-    train_size: int = 20,
-    val_size: int = 16,
+    train_size: int = 12,
+    val_size: int = 12,
     test_size: int = 24,
     verbose: int | str = "auto",
     monitor: bool = True,
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--api-key-env", default=None, help="Env var holding the API key.")
     qs.add_argument("--out", default="promptfit_runs/quickstart")
     qs.add_argument("--epochs", type=int, default=2)
-    qs.add_argument("--train-size", type=int, default=20)
-    qs.add_argument("--val-size", type=int, default=16)
+    qs.add_argument("--train-size", type=int, default=12)
+    qs.add_argument("--val-size", type=int, default=12)
     qs.add_argument("--test-size", type=int, default=24, help="Held-out reviews for the score.")
     qs.add_argument("--batch-size", type=int, default=8)
     qs.add_argument("--no-monitor", action="store_true", help="Do not log to MLflow.")

@@ -34,7 +34,7 @@ from aiohttp import web
 from promptfit.datasets import load_reviews
 from promptfit.testing import FakeLLMServer
 
-TRAIN, VAL, TEST = 20, 16, 24  # the quickstart's default split
+TRAIN, VAL, TEST = 12, 12, 24  # the quickstart's default split
 
 
 class RecordingProxy:
@@ -135,11 +135,15 @@ def test_the_reported_scores_come_from_reviews_the_fit_never_saw(
         _command(proxy, tmp_path / "run"), capture_output=True, text=True, env=_ENV, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "reviews (train/val/test)   20/16/24" in done.stdout
+    assert f"reviews (train/val/test)   {TRAIN}/{VAL}/{TEST}" in done.stdout
 
     x, _ = load_reviews()
     texts = [review.review for review in x]
-    train, val, test = texts[:TRAIN], texts[TRAIN : TRAIN + VAL], texts[TRAIN + VAL :]
+    train, val, test = (
+        texts[:TRAIN],
+        texts[TRAIN : TRAIN + VAL],
+        texts[TRAIN + VAL : TRAIN + VAL + TEST],
+    )
     assert len(test) == TEST and not set(test) & set(train + val)
     bodies = proxy.bodies
     assert bodies, "the quickstart sent no request through the proxy"
