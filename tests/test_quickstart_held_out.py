@@ -105,14 +105,17 @@ def _carried(body: str, texts: list[str]) -> set[int]:
     return {i for i, text in enumerate(texts) if json.dumps(text)[1:-1] in body}
 
 
-def _command(proxy: RecordingProxy, out: Path, tag: str = "held-out") -> list[str]:
+def _command(
+    proxy: RecordingProxy, out: Path, tag: str = "held-out", *extra: str, **options: object
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "promptfit.cli",
         "quickstart",
+        *extra,
         "--model",
-        FakeLLMServer.model("sentiment", min_examples=2, tag=tag),
+        FakeLLMServer.model("sentiment", min_examples=2, tag=tag, **options),
         "--api-base",
         f"{proxy.base_url}/v1",
         "--api-key-env",
@@ -173,9 +176,21 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
     proxy: RecordingProxy, tmp_path: Path
 ) -> None:
     """What the README promises: Ctrl-C and run it again, it resumes and pays for no call
-    twice; a second run of the finished quickstart makes no LM call at all."""
+    twice; a second run of the finished quickstart makes no LM call at all.
+
+    Ctrl-C must land while the run still has calls to make after its first epoch's backup.
+    On the test server's keyword-vote "skill" the default split's validation reviews tie the
+    zero-shot prompt, so the variables never change and everything after epoch 0 is a cache
+    hit (the run ended in milliseconds, before the signal). The 20/16 split changes the
+    variables, so the held-out evaluation after the fit makes 24 new calls, at 200 ms each.
+    """
+
+    def command(out: Path) -> list[str]:
+        split = ("--train-size", "20", "--val-size", "16")
+        return _command(proxy, out, "resume", *split, latency_ms=200)
+
     done = subprocess.run(
-        _command(proxy, tmp_path / "whole", "resume"),
+        command(tmp_path / "whole"),
         capture_output=True,
         text=True,
         env=_ENV,
@@ -189,7 +204,7 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
     out = tmp_path / "interrupted"
     sent = len(proxy.bodies)
     run = subprocess.Popen(
-        _command(proxy, out, "resume"),
+        command(out),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -210,9 +225,7 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
     assert run.returncode == 130, stdout + stderr
     assert "run the same command again" in stdout.lower()
     assert "Traceback" not in stderr
-    resumed = subprocess.run(
-        _command(proxy, out, "resume"), capture_output=True, text=True, env=_ENV, timeout=300
-    )
+    resumed = subprocess.run(command(out), capture_output=True, text=True, env=_ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _line(resumed.stdout, "test accuracy") == accuracy
     # Both processes together sent what one run sends, plus at most the requests that were in
@@ -221,9 +234,7 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
 
     # The finished quickstart again: every reply is in its cache.
     sent = len(proxy.bodies)
-    again = subprocess.run(
-        _command(proxy, out, "resume"), capture_output=True, text=True, env=_ENV, timeout=300
-    )
+    again = subprocess.run(command(out), capture_output=True, text=True, env=_ENV, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(proxy.bodies) == sent
     assert _line(again.stdout, "LM calls (cache hits)").split()[-2] == "0"
