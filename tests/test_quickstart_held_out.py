@@ -130,6 +130,20 @@ def _command(
 
 _ENV = {**os.environ, "QUICKSTART_KEY": "sk-fake"}
 
+# Runs ``python -m promptfit.cli ...`` with Ctrl-C handled as in a terminal. A process started
+# in the background by a shell without job control (a CI runner, `(cmd &)`) inherits SIGINT
+# *ignored*; Python then installs no KeyboardInterrupt handler, asyncio.run none of its own, and
+# the quickstart would never see the test's Ctrl-C (it ran to the end, exit 0).
+_DEFAULT_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'promptfit'; runpy.run_module('promptfit.cli', run_name='__main__')"
+)
+
+
+def _with_default_sigint(command: list[str]) -> list[str]:
+    assert command[1:3] == ["-m", "promptfit.cli"], command
+    return [command[0], "-c", _DEFAULT_SIGINT, *command[3:]]
+
 
 def test_the_reported_scores_come_from_reviews_the_fit_never_saw(
     proxy: RecordingProxy, tmp_path: Path
@@ -181,8 +195,8 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
     Ctrl-C must land while the run still has calls to make after its first epoch's backup.
     On the test server's keyword-vote "skill" the default split's validation reviews tie the
     zero-shot prompt, so the variables never change and everything after epoch 0 is a cache
-    hit (the run ended in milliseconds, before the signal). The 20/16 split changes the
-    variables, so the held-out evaluation after the fit makes 24 new calls, at 200 ms each.
+    hit: the rest of the run takes milliseconds. The 20/16 split changes the variables, so
+    the held-out evaluation after the fit makes 24 new calls, at 200 ms each.
     """
 
     def command(out: Path) -> list[str]:
@@ -204,7 +218,7 @@ def test_interrupted_and_repeated_quickstarts_pay_for_nothing_twice(
     out = tmp_path / "interrupted"
     sent = len(proxy.bodies)
     run = subprocess.Popen(
-        command(out),
+        _with_default_sigint(command(out)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
